@@ -1,0 +1,116 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Choice of the listener that takes over a migrating request or child socket.
+//!
+//! Plain `core` Rust: no allocation, no locking, no indexing or arithmetic that
+//! can panic. The kernel glue gives it a [`Group`] view of a `sock_reuseport`
+//! read under RCU; host tests give it a model of one.
+
+/// A snapshot view of the live listeners of a reuseport group.
+///
+/// Listener `i` for `i < len()` is live when the view is made; the choice never
+/// asks about any other index.
+pub trait Group {
+    /// Number of live listeners (`num_socks`).
+    fn len(&self) -> u16;
+
+    /// Whether listener `i` may take connections: upstream skips sockets in
+    /// `TCP_ESTABLISHED` (connected UDP sockets share the array code).
+    fn usable(&self, i: u16) -> bool;
+
+    /// Whether listener `i` prefers the CPU running the choice
+    /// (`SO_INCOMING_CPU`). Only asked when [`Choice::prefer_cpu`] is set.
+    fn on_this_cpu(&self, i: u16) -> bool;
+}
+
+/// What the group's `BPF_SK_REUSEPORT_SELECT_OR_MIGRATE` program said.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bpf<S> {
+    /// No migrate program is attached.
+    None,
+    /// The program returned `SK_PASS` without selecting a listener.
+    Pass,
+    /// The program selected this listener.
+    Selected(S),
+    /// The program returned `SK_DROP`: the migration is cancelled.
+    Drop,
+}
+
+/// Why no target was chosen. The values are the C
+/// `enum reuseport_migrate_result`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Failure {
+    /// No live listener is left in the group.
+    NoListener = 1,
+    /// `tcp_migrate_req` is off and no migrate program is attached.
+    Disabled = 2,
+    /// The migrate program returned `SK_DROP`.
+    BpfCancelled = 3,
+}
+
+/// The chosen target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target<S> {
+    /// The listener the BPF program selected.
+    Bpf(S),
+    /// The listener at this index of the group.
+    Index(u16),
+}
+
+/// Inputs of one choice besides the group.
+#[derive(Clone, Copy, Debug)]
+pub struct Choice<S> {
+    /// Hash of the migrating socket.
+    pub hash: u32,
+    /// `net.ipv4.tcp_migrate_req` is on.
+    pub migrate_req: bool,
+    /// Some listener of the group set `SO_INCOMING_CPU`.
+    pub prefer_cpu: bool,
+    /// Verdict of the migrate program.
+    pub bpf: Bpf<S>,
+}
+
+/// Chooses the target of a migration.
+///
+/// The BPF program has the first word: a selected listener wins and `SK_DROP`
+/// cancels. Otherwise, if migration is enabled (by the sysctl, or by a program
+/// that passed without choosing), a live listener is picked by hash.
+pub fn choose<G: Group, S>(group: &G, choice: Choice<S>) -> Result<Target<S>, Failure> {
+    match choice.bpf {
+        Bpf::Selected(sk) => return Ok(Target::Bpf(sk)),
+        Bpf::Drop => return Err(Failure::BpfCancelled),
+        Bpf::None if !choice.migrate_req => return Err(Failure::Disabled),
+        Bpf::None | Bpf::Pass => {}
+    }
+    by_hash(group, choice.hash, choice.prefer_cpu)
+        .map(Target::Index)
+        .ok_or(Failure::NoListener)
+}
+
+/// Maps a 32-bit hash onto `0..n` without a division (the kernel's
+/// `reciprocal_scale()`).
+pub fn reciprocal_scale(hash: u32, n: u16) -> u16 {
+    // (hash * n) >> 32 < n <= u16::MAX, so the narrowing loses nothing.
+    ((u64::from(hash) * u64::from(n)) >> 32) as u16
+}
+
+/// Picks a usable listener by hash, preferring one bound to this CPU when
+/// `prefer_cpu` is set: the scan starts at the hashed index and wraps once.
+pub fn by_hash<G: Group>(group: &G, hash: u32, prefer_cpu: bool) -> Option<u16> {
+    let n = group.len();
+    let start = reciprocal_scale(hash, n);
+    let mut first = None;
+    let mut i = start;
+    for _ in 0..n {
+        if group.usable(i) {
+            if !prefer_cpu || group.on_this_cpu(i) {
+                return Some(i);
+            }
+            first = first.or(Some(i));
+        }
+        // i < n, so i + 1 <= n <= u16::MAX cannot overflow.
+        i = if i + 1 == n { 0 } else { i + 1 };
+    }
+    first
+}

@@ -1,0 +1,152 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Host tests of the migration policy: the same `policy.rs` the kernel runs.
+
+use proptest::prelude::*;
+use reuseport_migrate_policy::policy::{
+    by_hash, choose, reciprocal_scale, Bpf, Choice, Failure, Group, Target,
+};
+
+/// A model group: one entry per listener, `(usable, on_this_cpu)`.
+#[derive(Debug, Clone)]
+struct Model(Vec<(bool, bool)>);
+
+impl Group for Model {
+    fn len(&self) -> u16 {
+        self.0.len() as u16
+    }
+    fn usable(&self, i: u16) -> bool {
+        self.0[usize::from(i)].0
+    }
+    fn on_this_cpu(&self, i: u16) -> bool {
+        self.0[usize::from(i)].1
+    }
+}
+
+/// Upstream's C `reuseport_select_sock_by_hash()`, written as a plain loop
+/// over the model, as the oracle.
+fn oracle(g: &Model, hash: u32, prefer_cpu: bool) -> Option<u16> {
+    let n = g.0.len();
+    if n == 0 {
+        return None;
+    }
+    let start = ((u64::from(hash) * n as u64) >> 32) as usize;
+    let mut first = None;
+    for k in 0..n {
+        let i = (start + k) % n;
+        let (usable, cpu) = g.0[i];
+        if usable {
+            if !prefer_cpu || cpu {
+                return Some(i as u16);
+            }
+            if first.is_none() {
+                first = Some(i as u16);
+            }
+        }
+    }
+    first
+}
+
+fn model() -> impl Strategy<Value = Model> {
+    prop::collection::vec((any::<bool>(), any::<bool>()), 0..70).prop_map(Model)
+}
+
+fn verdict() -> impl Strategy<Value = Bpf<u32>> {
+    prop_oneof![
+        Just(Bpf::None),
+        Just(Bpf::Pass),
+        Just(Bpf::Drop),
+        any::<u32>().prop_map(Bpf::Selected)
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4096))]
+
+    #[test]
+    fn scale_stays_in_range(hash in any::<u32>(), n in 1u16..) {
+        prop_assert!(reciprocal_scale(hash, n) < n);
+    }
+
+    #[test]
+    fn hash_choice_matches_upstream(g in model(), hash in any::<u32>(), cpu in any::<bool>()) {
+        prop_assert_eq!(by_hash(&g, hash, cpu), oracle(&g, hash, cpu));
+    }
+
+    #[test]
+    fn only_live_usable_listeners(g in model(), hash in any::<u32>(), cpu in any::<bool>()) {
+        match by_hash(&g, hash, cpu) {
+            Some(i) => {
+                prop_assert!(i < g.len());
+                prop_assert!(g.usable(i));
+            }
+            None => prop_assert!(g.0.iter().all(|&(usable, _)| !usable)),
+        }
+    }
+
+    #[test]
+    fn deterministic_for_a_hash(g in model(), hash in any::<u32>(), cpu in any::<bool>()) {
+        prop_assert_eq!(by_hash(&g, hash, cpu), by_hash(&g, hash, cpu));
+    }
+
+    #[test]
+    fn cpu_preference_is_honoured(g in model(), hash in any::<u32>()) {
+        let any_on_cpu = g.0.iter().any(|&(usable, cpu)| usable && cpu);
+        if let Some(i) = by_hash(&g, hash, true) {
+            prop_assert_eq!(g.on_this_cpu(i), any_on_cpu);
+        }
+    }
+
+    #[test]
+    fn bpf_has_the_first_word(g in model(), hash in any::<u32>(), sysctl in any::<bool>(),
+                              bpf in verdict(), cpu in any::<bool>()) {
+        let got = choose(&g, Choice { hash, migrate_req: sysctl, prefer_cpu: cpu, bpf });
+        let by_hash = || oracle(&g, hash, cpu).map(Target::Index).ok_or(Failure::NoListener);
+        let want = match bpf {
+            Bpf::Selected(s) => Ok(Target::Bpf(s)),
+            Bpf::Drop => Err(Failure::BpfCancelled),
+            Bpf::None if !sysctl => Err(Failure::Disabled),
+            Bpf::None | Bpf::Pass => by_hash(),
+        };
+        prop_assert_eq!(got, want);
+    }
+}
+
+#[test]
+fn empty_group_has_no_target() {
+    let g = Model(vec![]);
+    let c = Choice { hash: 7, migrate_req: true, prefer_cpu: false, bpf: Bpf::<u32>::None };
+    assert_eq!(choose(&g, c), Err(Failure::NoListener));
+}
+
+/// With every listener usable, hashes spread evenly: each of n listeners
+/// gets its share of 2^16 evenly spaced hashes within one.
+#[test]
+fn spreads_evenly() {
+    for n in [1u16, 2, 3, 7, 8, 32, 100, 1000] {
+        let g = Model(vec![(true, false); usize::from(n)]);
+        let mut hits = vec![0u32; usize::from(n)];
+        let samples = 1u32 << 16;
+        for k in 0..samples {
+            let hash = k.wrapping_mul(65537);
+            hits[usize::from(by_hash(&g, hash, false).unwrap())] += 1;
+        }
+        let share = samples / u32::from(n);
+        for (i, &h) in hits.iter().enumerate() {
+            assert!(h.abs_diff(share) <= 1, "n={n} listener {i}: {h} hits, want {share}±1");
+        }
+    }
+}
+
+/// A dead-end scan: the only usable listener is found wherever the hash lands.
+#[test]
+fn finds_the_only_usable_listener() {
+    for n in 1..=64u16 {
+        for only in 0..n {
+            let g = Model((0..n).map(|i| (i == only, false)).collect());
+            for hash in [0, 1, u32::MAX / 3, u32::MAX / 2, u32::MAX] {
+                assert_eq!(by_hash(&g, hash, true), Some(only));
+            }
+        }
+    }
+}
