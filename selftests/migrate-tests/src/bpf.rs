@@ -1,0 +1,190 @@
+//! The two BPF objects built from `bpf/*.bpf.c` by build.rs, with just the
+//! handles the scenarios need.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+
+use anyhow::{anyhow, Context, Result};
+use libbpf_rs::{Link, Map, MapCore, MapFlags, Object, ObjectBuilder};
+use socket2::Socket;
+
+use crate::harness::setsockopt_int;
+
+const HOLD_ACK_OBJ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hold_ack.bpf.o"));
+const STEER_OBJ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/steer.bpf.o"));
+
+fn load(bytes: &[u8], what: &str) -> Result<Object> {
+    ObjectBuilder::default()
+        .open_memory(bytes)
+        .with_context(|| format!("open BPF object {what}"))?
+        .load()
+        .with_context(|| format!("load BPF object {what}"))
+}
+
+fn map<'o>(obj: &'o Object, name: &str) -> Result<Map<'o>> {
+    obj.maps()
+        .find(|m| m.name() == name)
+        .ok_or_else(|| anyhow!("BPF map {name} missing"))
+}
+
+fn put_u32(obj: &Object, map_name: &str, key: u32, val: u32) -> Result<()> {
+    map(obj, map_name)?
+        .update(&key.to_ne_bytes(), &val.to_ne_bytes(), MapFlags::ANY)
+        .with_context(|| format!("update {map_name}[{key}]"))
+}
+
+fn get_u64(obj: &Object, map_name: &str, key: u32) -> Result<u64> {
+    let v = map(obj, map_name)?
+        .lookup(&key.to_ne_bytes(), MapFlags::ANY)
+        .with_context(|| format!("lookup {map_name}[{key}]"))?
+        .ok_or_else(|| anyhow!("{map_name}[{key}] missing"))?;
+    let bytes: [u8; 8] = v
+        .as_slice()
+        .try_into()
+        .map_err(|_| anyhow!("{map_name}[{key}]: {} bytes", v.len()))?;
+    Ok(u64::from_ne_bytes(bytes))
+}
+
+/// XDP program on `lo` that discards the client's final handshake ACK (and
+/// any later ACK) towards one server port, keeping server-side handshakes
+/// half open until `release()`.
+pub struct HoldAck {
+    obj: Object,
+    _link: Link,
+}
+
+impl HoldAck {
+    pub fn attach(port: u16) -> Result<HoldAck> {
+        let obj = load(HOLD_ACK_OBJ, "hold_ack")?;
+        put_u32(&obj, "hold_cfg", 0, port.into())?;
+        let lo = CString::new("lo").expect("no NUL");
+        // SAFETY: valid NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(lo.as_ptr()) };
+        if ifindex == 0 {
+            return Err(io::Error::last_os_error()).context("if_nametoindex(lo)");
+        }
+        let link = obj
+            .progs_mut()
+            .find(|p| p.name() == "hold_final_ack")
+            .ok_or_else(|| anyhow!("XDP program hold_final_ack missing"))?
+            .attach_xdp(ifindex as i32)
+            .context("attach XDP to lo")?;
+        Ok(HoldAck { obj, _link: link })
+    }
+
+    /// Lets ACKs through again (one map write, no detach latency).
+    pub fn release(&self) -> Result<()> {
+        put_u32(&self.obj, "hold_cfg", 0, 0)
+    }
+
+    pub fn dropped(&self) -> Result<u64> {
+        get_u64(&self.obj, "hold_stats", 0)
+    }
+}
+
+/// Counters kept by the steer program (index into `steer_stats`; keep in
+/// sync with `enum stat` in bpf/steer.bpf.c).
+#[derive(Clone, Copy, Debug)]
+pub enum Stat {
+    SynSelected = 0,
+    MigrateEstablished = 1,
+    MigrateSynRecv = 2,
+    MigrateReqAck = 3,
+    MigrateReqTimer = 4,
+    MigrateDropped = 5,
+    SelectError = 6,
+}
+
+impl Stat {
+    pub const ALL: [Stat; 7] = [
+        Stat::SynSelected,
+        Stat::MigrateEstablished,
+        Stat::MigrateSynRecv,
+        Stat::MigrateReqAck,
+        Stat::MigrateReqTimer,
+        Stat::MigrateDropped,
+        Stat::SelectError,
+    ];
+}
+
+const CFG_SYN_SLOT: u32 = 0;
+const CFG_MIGRATE_SLOT: u32 = 1;
+const SLOT_NONE: u32 = 0xffff_ffff;
+const SLOT_DROP: u32 = 0xffff_fffe;
+
+/// What the steer program does with a socket leaving a closed listener.
+#[derive(Clone, Copy, Debug)]
+pub enum Migrate {
+    /// select the listener in this socket-array slot
+    To(u32),
+    /// return SK_DROP: the kernel must not migrate
+    Drop,
+}
+
+/// `sk_reuseport/migrate` program (BPF_SK_REUSEPORT_SELECT_OR_MIGRATE) with
+/// a REUSEPORT_SOCKARRAY of the group's listeners.
+pub struct Steer {
+    obj: Object,
+}
+
+impl Steer {
+    pub fn load() -> Result<Steer> {
+        let obj = load(STEER_OBJ, "steer")?;
+        let s = Steer { obj };
+        s.place_syns(None)?;
+        put_u32(&s.obj, "steer_cfg", CFG_MIGRATE_SLOT, SLOT_NONE)?;
+        Ok(s)
+    }
+
+    fn prog_fd(&self) -> Result<RawFd> {
+        Ok(self
+            .obj
+            .progs()
+            .find(|p| p.name() == "steer")
+            .ok_or_else(|| anyhow!("program steer missing"))?
+            .as_fd()
+            .as_raw_fd())
+    }
+
+    /// SO_ATTACH_REUSEPORT_EBPF on one listener attaches to its whole group.
+    pub fn attach(&self, listener: &Socket) -> Result<()> {
+        setsockopt_int(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_EBPF,
+            self.prog_fd()?,
+        )
+        .context("setsockopt(SO_ATTACH_REUSEPORT_EBPF)")
+    }
+
+    /// Puts a listening socket into slot `slot` of the socket array.
+    pub fn set_slot(&self, slot: u32, listener: &Socket) -> Result<()> {
+        let fd = listener.as_raw_fd() as u64;
+        map(&self.obj, "listeners")?
+            .update(&slot.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
+            .with_context(|| format!("listeners[{slot}] = fd {fd}"))
+    }
+
+    /// New connections go to `slot`, or to the kernel's hash pick.
+    pub fn place_syns(&self, slot: Option<u32>) -> Result<()> {
+        put_u32(
+            &self.obj,
+            "steer_cfg",
+            CFG_SYN_SLOT,
+            slot.unwrap_or(SLOT_NONE),
+        )
+    }
+
+    pub fn on_migrate(&self, m: Migrate) -> Result<()> {
+        let v = match m {
+            Migrate::To(slot) => slot,
+            Migrate::Drop => SLOT_DROP,
+        };
+        put_u32(&self.obj, "steer_cfg", CFG_MIGRATE_SLOT, v)
+    }
+
+    pub fn stat(&self, s: Stat) -> Result<u64> {
+        get_u64(&self.obj, "steer_stats", s as u32)
+    }
+}

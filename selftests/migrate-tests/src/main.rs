@@ -1,0 +1,233 @@
+//! Selftests for TCP SO_REUSEPORT listener migration: `tcp_migrate_req`
+//! and `sk_reuseport/migrate` BPF programs.
+//!
+//! Each test runs in a child process of its own (this binary re-executed
+//! with a hidden `--run-child NAME`), which first moves into a fresh
+//! network namespace. The parent enforces a hard time limit per child and
+//! prints one TAP-style line per test, then `# N passed, M failed`.
+
+mod bpf;
+mod harness;
+mod scenarios;
+
+use std::io::Read;
+use std::process::{Command, ExitCode, Stdio};
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+
+use harness::{Deadline, Family, Stop};
+use scenarios::{Lost, Trigger};
+
+/// A test child still running after this long is killed and reported.
+const CHILD_LIMIT: Duration = Duration::from_secs(60);
+
+#[derive(Parser)]
+#[command(about = "TCP SO_REUSEPORT listener migration selftests (run as root)")]
+struct Cli {
+    /// Print the names of the selected tests and exit.
+    #[arg(long)]
+    list: bool,
+    /// Run only tests whose name contains this string.
+    filter: Option<String>,
+    /// Internal: run one test in this process (in a new network namespace).
+    #[arg(long, hide = true, value_name = "NAME")]
+    run_child: Option<String>,
+}
+
+type Scenario = fn(Family) -> Result<()>;
+
+const SCENARIOS: &[(&str, Scenario)] = &[
+    ("close_children", |f| {
+        scenarios::queued_children(f, Stop::Close)
+    }),
+    ("shutdown_children", |f| {
+        scenarios::queued_children(f, Stop::Shutdown)
+    }),
+    ("reqsk_ack", |f| scenarios::in_flight(f, Trigger::Ack)),
+    ("reqsk_timer", |f| scenarios::in_flight(f, Trigger::Timer)),
+    ("tfo", scenarios::fastopen),
+    ("sysctl_off_resets", |f| {
+        scenarios::lost_children(f, Lost::SysctlOff)
+    }),
+    ("no_target_resets", |f| {
+        scenarios::lost_children(f, Lost::NoTarget)
+    }),
+    ("bpf_select", scenarios::bpf_select),
+    ("bpf_drop", scenarios::bpf_drop),
+];
+
+struct Test {
+    name: String,
+    family: Family,
+    run: Scenario,
+}
+
+fn all_tests() -> Vec<Test> {
+    let mut v = Vec::new();
+    for family in [Family::V4, Family::V6] {
+        for (suffix, run) in SCENARIOS {
+            v.push(Test {
+                name: format!("{}_{suffix}", family.prefix()),
+                family,
+                run: *run,
+            });
+        }
+    }
+    v
+}
+
+/// What a child reports on its stdout, one line.
+const PASS: &str = "PASS";
+const SKIP: &str = "SKIP ";
+const FAIL: &str = "FAIL ";
+
+fn run_child(name: &str) -> ExitCode {
+    let Some(test) = all_tests().into_iter().find(|t| t.name == name) else {
+        println!("{FAIL}no test named {name}");
+        return ExitCode::FAILURE;
+    };
+    // Keep libbpf quiet unless something is wrong.
+    libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Warn, |_, msg| {
+        eprint!("libbpf: {msg}")
+    })));
+    let outcome = std::panic::catch_unwind(|| -> Result<Option<String>> {
+        harness::enter_fresh_netns()?;
+        if test.family == Family::V6 && !std::path::Path::new("/proc/sys/net/ipv6").exists() {
+            return Ok(Some("kernel without IPv6".into()));
+        }
+        (test.run)(test.family)?;
+        Ok(None)
+    });
+    match outcome {
+        Ok(Ok(None)) => println!("{PASS}"),
+        Ok(Ok(Some(why))) => println!("{SKIP}{why}"),
+        Ok(Err(e)) => println!("{FAIL}{}", format!("{e:#}").replace('\n', " ")),
+        Err(_) => println!("{FAIL}panicked (see stderr)"),
+    }
+    ExitCode::SUCCESS
+}
+
+enum Verdict {
+    Pass,
+    Skip(String),
+    Fail(String),
+}
+
+fn drain(mut r: impl Read + Send + 'static) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut s = String::new();
+        let _ = r.read_to_string(&mut s);
+        s
+    })
+}
+
+fn run_in_child(name: &str) -> Result<Verdict> {
+    let exe = std::env::current_exe().context("current_exe")?;
+    let mut child = Command::new(exe)
+        .args(["--run-child", name])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawn test child")?;
+    let out = drain(child.stdout.take().expect("piped"));
+    let err = drain(child.stderr.take().expect("piped"));
+    let deadline = Deadline::after(CHILD_LIMIT);
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break Some(st);
+        }
+        if deadline.expired() {
+            // our own child, by its handle
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    let out = out.join().unwrap_or_default();
+    let err = err.join().unwrap_or_default();
+    let last_err = err
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    let Some(status) = status else {
+        return Ok(Verdict::Fail(format!(
+            "killed after {}s hard limit",
+            CHILD_LIMIT.as_secs()
+        )));
+    };
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(PASS) || l.starts_with(SKIP) || l.starts_with(FAIL));
+    Ok(match line {
+        Some(l) if l == PASS && status.success() => Verdict::Pass,
+        Some(l) if l.starts_with(SKIP) => Verdict::Skip(l[SKIP.len()..].to_string()),
+        Some(l) if l.starts_with(FAIL) => {
+            let mut why = l[FAIL.len()..].to_string();
+            if !last_err.is_empty() {
+                why.push_str(&format!(" [stderr: {last_err}]"));
+            }
+            Verdict::Fail(why)
+        }
+        _ => Verdict::Fail(format!(
+            "child exited with {status} without a verdict [stderr: {last_err}]"
+        )),
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(name) = cli.run_child {
+        return run_child(&name);
+    }
+    let tests: Vec<Test> = all_tests()
+        .into_iter()
+        .filter(|t| cli.filter.as_deref().is_none_or(|f| t.name.contains(f)))
+        .collect();
+    if tests.is_empty() {
+        eprintln!(
+            "no test name contains {:?}; see --list",
+            cli.filter.unwrap_or_default()
+        );
+        return ExitCode::from(2);
+    }
+    if cli.list {
+        for t in &tests {
+            println!("{}", t.name);
+        }
+        return ExitCode::SUCCESS;
+    }
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    for t in &tests {
+        let verdict = run_in_child(&t.name).unwrap_or_else(|e| Verdict::Fail(format!("{e:#}")));
+        match verdict {
+            Verdict::Pass => {
+                passed += 1;
+                println!("ok {}", t.name);
+            }
+            Verdict::Skip(why) => {
+                skipped += 1;
+                println!("ok {} # SKIP {why}", t.name);
+            }
+            Verdict::Fail(why) => {
+                failed += 1;
+                println!("not ok {} - {why}", t.name);
+            }
+        }
+    }
+    if skipped > 0 {
+        println!("# {passed} passed, {failed} failed, {skipped} skipped");
+    } else {
+        println!("# {passed} passed, {failed} failed");
+    }
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

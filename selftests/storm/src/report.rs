@@ -1,0 +1,220 @@
+// SPDX-License-Identifier: GPL-2.0
+//! The result of one storm: summary line, JSON, invariant, verdict.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use serde::Serialize;
+
+use crate::client::Tally;
+use crate::RunArgs;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    Lossless,
+    Loss,
+}
+
+pub struct Outcome {
+    pub args: RunArgs,
+    /// tcp_migrate_req in force during the run (None: the kernel lacks it).
+    pub migrate_req: Option<u32>,
+    pub tally: Tally,
+    pub restarts: u64,
+    pub restart_failures: u64,
+    /// Connections the workers say they served (includes any whose client
+    /// had already given up).
+    pub worker_served: u64,
+    pub worker_errors: u64,
+    pub migrate_success: Option<u64>,
+    pub migrate_failure: Option<u64>,
+    pub listen_overflows: Option<u64>,
+    pub listen_drops: Option<u64>,
+    pub load_elapsed: Duration,
+    pub elapsed: Duration,
+    /// Supervisor problems (a worker that would not start, stop, or exit).
+    pub errors: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Json<'a> {
+    family: u8,
+    sysctl: &'a str,
+    tcp_migrate_req: Option<u32>,
+    workers: u32,
+    clients: u32,
+    order: &'a str,
+    duration_ms: u64,
+    restart_every_ms: u64,
+    work_ms: u64,
+    timeout_ms: u64,
+    attempted: u64,
+    served: u64,
+    reset: u64,
+    refused: u64,
+    timeout: u64,
+    other: u64,
+    lost: u64,
+    restarts: u64,
+    restart_failures: u64,
+    migrate_req_success: Option<u64>,
+    migrate_req_failure: Option<u64>,
+    listen_overflows: Option<u64>,
+    listen_drops: Option<u64>,
+    worker_served: u64,
+    worker_errors: u64,
+    max_latency_ms: u128,
+    load_ms: u128,
+    elapsed_ms: u128,
+    causes: &'a std::collections::BTreeMap<String, u64>,
+    errors: &'a [String],
+}
+
+fn opt(v: Option<u64>) -> String {
+    v.map_or_else(|| "n/a".into(), |v| v.to_string())
+}
+
+impl Outcome {
+    /// Connections that were not served.
+    pub fn lost(&self) -> u64 {
+        let t = &self.tally;
+        t.reset + t.refused + t.timeout + t.other
+    }
+
+    pub fn check_invariant(&self) -> Result<()> {
+        let t = &self.tally;
+        let sum = t.served + t.reset + t.refused + t.timeout + t.other;
+        ensure!(
+            t.attempted == sum,
+            "attempted={} != served+reset+refused+timeout+other={sum}",
+            t.attempted
+        );
+        Ok(())
+    }
+
+    fn counts(&self) -> String {
+        let t = &self.tally;
+        format!(
+            "attempted={} served={} reset={} refused={} timeout={} other={} restarts={} \
+             migrate_success={} migrate_failure={}",
+            t.attempted,
+            t.served,
+            t.reset,
+            t.refused,
+            t.timeout,
+            t.other,
+            self.restarts,
+            opt(self.migrate_success),
+            opt(self.migrate_failure),
+        )
+    }
+
+    pub fn summary_line(&self) -> String {
+        let a = &self.args;
+        format!(
+            "storm: {} | sysctl={} family={} workers={} clients={} order={} duration_ms={} \
+             restart_every_ms={} work_ms={} restart_failures={} listen_overflows={} \
+             worker_served={} max_latency_ms={} elapsed_ms={}",
+            self.counts(),
+            self.migrate_req
+                .map_or_else(|| "n/a".into(), |v| v.to_string()),
+            a.family.as_num(),
+            a.workers,
+            a.clients,
+            a.order.as_str(),
+            a.duration_ms,
+            a.restart_every_ms,
+            a.work_ms,
+            self.restart_failures,
+            opt(self.listen_overflows),
+            self.worker_served,
+            self.tally.max_latency.as_millis(),
+            self.elapsed.as_millis(),
+        )
+    }
+
+    pub fn write_json(&self, path: &Path) -> Result<()> {
+        let a = &self.args;
+        let t = &self.tally;
+        let j = Json {
+            family: a.family.as_num(),
+            sysctl: a.sysctl.as_str(),
+            tcp_migrate_req: self.migrate_req,
+            workers: a.workers,
+            clients: a.clients,
+            order: a.order.as_str(),
+            duration_ms: a.duration_ms,
+            restart_every_ms: a.restart_every_ms,
+            work_ms: a.work_ms,
+            timeout_ms: a.timeout_ms,
+            attempted: t.attempted,
+            served: t.served,
+            reset: t.reset,
+            refused: t.refused,
+            timeout: t.timeout,
+            other: t.other,
+            lost: self.lost(),
+            restarts: self.restarts,
+            restart_failures: self.restart_failures,
+            migrate_req_success: self.migrate_success,
+            migrate_req_failure: self.migrate_failure,
+            listen_overflows: self.listen_overflows,
+            listen_drops: self.listen_drops,
+            worker_served: self.worker_served,
+            worker_errors: self.worker_errors,
+            max_latency_ms: t.max_latency.as_millis(),
+            load_ms: self.load_elapsed.as_millis(),
+            elapsed_ms: self.elapsed.as_millis(),
+            causes: &t.causes,
+            errors: &self.errors,
+        };
+        let mut text = serde_json::to_string_pretty(&j)?;
+        text.push('\n');
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// Ok(message) if the outcome is what `expect` asks for.
+    pub fn verdict(&self, expect: Expect) -> Result<String, String> {
+        let t = &self.tally;
+        let counts = self.counts();
+        let mut why = Vec::new();
+        if !self.errors.is_empty() {
+            why.push(format!("{} supervisor error(s)", self.errors.len()));
+        }
+        if self.restarts < 1 {
+            why.push("no restart happened".to_string());
+        }
+        match expect {
+            Expect::Lossless => {
+                if self.lost() > 0 {
+                    why.push(format!(
+                        "{} connection(s) lost (reset={} refused={} timeout={} other={})",
+                        self.lost(),
+                        t.reset,
+                        t.refused,
+                        t.timeout,
+                        t.other
+                    ));
+                }
+                if t.served == 0 {
+                    why.push("nothing served".to_string());
+                }
+            }
+            Expect::Loss => {
+                if self.lost() == 0 {
+                    why.push("no connection was lost".to_string());
+                }
+            }
+        }
+        let what = match expect {
+            Expect::Lossless => "expected lossless",
+            Expect::Loss => "expected loss",
+        };
+        if why.is_empty() {
+            Ok(format!("{what}: {counts}"))
+        } else {
+            Err(format!("{what}: {}: {counts}", why.join("; ")))
+        }
+    }
+}

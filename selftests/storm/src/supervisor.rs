@@ -1,0 +1,452 @@
+// SPDX-License-Identifier: GPL-2.0
+//! The supervisor: worker processes, the rolling restart, the whole run.
+
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::Signal;
+
+use crate::client::Load;
+use crate::report::Outcome;
+use crate::{netns, Order, RunArgs};
+
+const TICK: Duration = Duration::from_millis(10);
+
+/// One worker process and its two pipes.
+struct Proc {
+    id: u64,
+    child: Child,
+    ctl: Option<ChildStdin>,
+    out: ChildStdout,
+    buf: Vec<u8>,
+    eof: bool,
+    ready: bool,
+    closed: bool,
+    served: u64,
+    errors: u64,
+    status: Option<ExitStatus>,
+}
+
+impl Proc {
+    fn spawn(exe: &PathBuf, a: &RunArgs, id: u64) -> Result<Proc> {
+        let mut cmd = Command::new(exe);
+        cmd.arg("worker")
+            .args(["--id", &id.to_string()])
+            .args(["--family", &a.family.as_num().to_string()])
+            .args(["--port", &a.port.to_string()])
+            .args(["--backlog", &a.backlog.to_string()])
+            .args(["--work-ms", &a.work_ms.to_string()])
+            .args(["--timeout-ms", &a.timeout_ms.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        // SAFETY: prctl() is async-signal-safe. Workers spawn only from the
+        // main thread, which outlives them, so PDEATHSIG fires only if the
+        // supervisor itself dies.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start worker {id} ({})", exe.display()))?;
+        let ctl = child.stdin.take();
+        let out = child.stdout.take().expect("stdout is piped");
+        Ok(Proc {
+            id,
+            child,
+            ctl,
+            out,
+            buf: Vec::new(),
+            eof: false,
+            ready: false,
+            closed: false,
+            served: 0,
+            errors: 0,
+            status: None,
+        })
+    }
+
+    /// Read whatever the worker has written, without blocking.
+    fn pump(&mut self) {
+        while !self.eof && readable(&self.out, Duration::ZERO) {
+            let mut chunk = [0u8; 512];
+            match self.out.read(&mut chunk) {
+                Ok(0) | Err(_) => self.eof = true,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        while let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.buf.drain(..=nl).collect();
+            let line = String::from_utf8_lossy(&line[..nl]).into_owned();
+            self.event(&line);
+        }
+    }
+
+    fn event(&mut self, line: &str) {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("ready") => self.ready = true,
+            Some("closed") => self.closed = true,
+            Some("exit") => {
+                for w in words {
+                    if let Some(v) = w.strip_prefix("served=") {
+                        self.served = v.parse().unwrap_or(0);
+                    } else if let Some(v) = w.strip_prefix("errors=") {
+                        self.errors = v.parse().unwrap_or(0);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Wait until `done(self)` or the worker's stdout closes or `deadline`.
+    fn wait_for(&mut self, done: fn(&Proc) -> bool, deadline: Instant) -> bool {
+        loop {
+            self.pump();
+            if done(self) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self.eof || left.is_zero() {
+                return false;
+            }
+            readable(&self.out, left.min(Duration::from_millis(100)));
+        }
+    }
+
+    /// Ask the worker to stop: a byte, then EOF, on its control pipe.
+    fn request_stop(&mut self) {
+        if let Some(mut c) = self.ctl.take() {
+            let _ = c.write_all(b"stop\n");
+        }
+    }
+
+    /// Reap if it has exited. True once reaped.
+    fn try_reap(&mut self) -> bool {
+        if self.status.is_none() {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                self.status = Some(st);
+                self.pump();
+            }
+        }
+        self.status.is_some()
+    }
+
+    fn kill(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            if let Ok(st) = self.child.wait() {
+                self.status = Some(st);
+            }
+            self.pump();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // Never leave a worker running or a zombie behind.
+        self.kill();
+    }
+}
+
+fn readable(out: &ChildStdout, wait: Duration) -> bool {
+    let mut fds = [PollFd::new(out.as_fd(), PollFlags::POLLIN)];
+    let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
+    matches!(poll(&mut fds, PollTimeout::from(ms)), Ok(n) if n > 0)
+}
+
+/// The live workers (one per slot) and those on their way out.
+struct Pool<'a> {
+    a: &'a RunArgs,
+    exe: PathBuf,
+    t0: Instant,
+    live: Vec<Option<Proc>>,
+    retiring: Vec<(Proc, Instant)>,
+    next_id: u64,
+    restarts: u64,
+    restart_failures: u64,
+    worker_served: u64,
+    worker_errors: u64,
+    errors: Vec<String>,
+}
+
+impl<'a> Pool<'a> {
+    fn new(a: &'a RunArgs, t0: Instant) -> Result<Pool<'a>> {
+        let exe = std::env::current_exe().context("cannot find my own executable")?;
+        Ok(Pool {
+            a,
+            exe,
+            t0,
+            live: (0..a.workers).map(|_| None).collect(),
+            retiring: Vec::new(),
+            next_id: 0,
+            restarts: 0,
+            restart_failures: 0,
+            worker_served: 0,
+            worker_errors: 0,
+            errors: Vec::new(),
+        })
+    }
+
+    fn log(&self, msg: &str) {
+        if self.a.verbose {
+            eprintln!("storm [{:>6} ms] {msg}", self.t0.elapsed().as_millis());
+        }
+    }
+
+    fn ready_timeout(&self) -> Duration {
+        Duration::from_millis(self.a.ready_timeout_ms)
+    }
+
+    /// Start a worker and wait until it listens.
+    fn start_worker(&mut self) -> Result<Proc> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut p = Proc::spawn(&self.exe, self.a, id)?;
+        if p.wait_for(|p| p.ready, Instant::now() + self.ready_timeout()) {
+            return Ok(p);
+        }
+        p.kill();
+        let how = match p.status {
+            Some(st) => format!("exited ({st})"),
+            None => "timed out".into(),
+        };
+        anyhow::bail!(
+            "worker {id} did not report listening within {} ms: {how}",
+            self.a.ready_timeout_ms
+        )
+    }
+
+    /// Tell a worker to stop and wait until its listener is closed; then
+    /// let it finish in the background (killed after the grace period).
+    fn stop_worker(&mut self, mut p: Proc) {
+        p.request_stop();
+        let grace = Duration::from_millis(self.a.grace_ms);
+        if !p.wait_for(|p| p.closed, Instant::now() + grace) {
+            self.errors.push(format!(
+                "worker {} did not close its listener within {} ms: killed",
+                p.id, self.a.grace_ms
+            ));
+            p.kill();
+        }
+        self.retiring.push((p, Instant::now() + grace));
+    }
+
+    fn restart(&mut self, slot: usize) {
+        let old_id = match &self.live[slot] {
+            Some(p) => p.id.to_string(),
+            None => "-".into(),
+        };
+        let ok = match self.a.order {
+            Order::StartFirst => match self.start_worker() {
+                Ok(new) => {
+                    let new_id = new.id;
+                    if let Some(old) = self.live[slot].replace(new) {
+                        self.stop_worker(old);
+                    }
+                    self.log(&format!(
+                        "slot {slot}: worker {new_id} listening, worker {old_id} closed"
+                    ));
+                    true
+                }
+                Err(e) => {
+                    self.errors.push(format!("restart of slot {slot}: {e:#}"));
+                    false
+                }
+            },
+            Order::StopFirst => {
+                if let Some(old) = self.live[slot].take() {
+                    self.stop_worker(old);
+                }
+                match self.start_worker() {
+                    Ok(new) => {
+                        self.log(&format!(
+                            "slot {slot}: worker {old_id} closed, worker {} listening",
+                            new.id
+                        ));
+                        self.live[slot] = Some(new);
+                        true
+                    }
+                    Err(e) => {
+                        self.errors.push(format!("restart of slot {slot}: {e:#}"));
+                        false
+                    }
+                }
+            }
+        };
+        if ok {
+            self.restarts += 1;
+        } else {
+            self.restart_failures += 1;
+        }
+    }
+
+    /// Reap retired workers and kill those past their grace period; notice
+    /// live workers that died on their own and replace them.
+    fn housekeeping(&mut self) {
+        self.reap_retiring();
+        self.replace_dead();
+    }
+
+    fn reap_retiring(&mut self) {
+        let now = Instant::now();
+        let mut i = 0;
+        while i < self.retiring.len() {
+            let (p, deadline) = &mut self.retiring[i];
+            p.pump();
+            if !p.try_reap() && now < *deadline {
+                i += 1;
+                continue;
+            }
+            let (mut p, _) = self.retiring.swap_remove(i);
+            if p.status.is_none() {
+                self.errors.push(format!(
+                    "worker {} still running {} ms after stop: killed",
+                    p.id, self.a.grace_ms
+                ));
+                p.kill();
+            }
+            self.account(&p);
+        }
+    }
+
+    fn replace_dead(&mut self) {
+        for slot in 0..self.live.len() {
+            let died = match self.live[slot].as_mut() {
+                Some(p) => {
+                    p.pump();
+                    p.try_reap() || p.eof
+                }
+                None => true,
+            };
+            if !died {
+                continue;
+            }
+            if let Some(mut p) = self.live[slot].take() {
+                p.kill();
+                self.errors
+                    .push(format!("worker {} (slot {slot}) died unexpectedly", p.id));
+                self.account(&p);
+            }
+            match self.start_worker() {
+                Ok(p) => self.live[slot] = Some(p),
+                Err(e) => self.errors.push(format!("slot {slot}: {e:#}")),
+            }
+        }
+    }
+
+    fn account(&mut self, p: &Proc) {
+        self.worker_served += p.served;
+        self.worker_errors += p.errors;
+        if let Some(st) = p.status {
+            if !st.success() && p.closed {
+                self.errors
+                    .push(format!("worker {} exited with {st} after closing", p.id));
+            }
+        }
+    }
+
+    /// Stop every worker and wait for all of them (bounded by grace).
+    fn shutdown(&mut self) {
+        let procs: Vec<Proc> = self.live.iter_mut().filter_map(Option::take).collect();
+        let grace = Instant::now() + Duration::from_millis(self.a.grace_ms);
+        for mut p in procs {
+            p.request_stop();
+            self.retiring.push((p, grace));
+        }
+        while !self.retiring.is_empty() {
+            self.reap_retiring();
+            if !self.retiring.is_empty() {
+                std::thread::sleep(TICK);
+            }
+        }
+    }
+}
+
+/// The whole storm, run in the current (private) namespace.
+pub fn run_storm(a: &RunArgs, migrate_req: Option<u32>) -> Result<Outcome> {
+    let t0 = Instant::now();
+    let before = netns::tcp_ext()?;
+    let mut pool = Pool::new(a, t0)?;
+    for slot in 0..pool.live.len() {
+        match pool.start_worker() {
+            Ok(p) => pool.live[slot] = Some(p),
+            Err(e) => {
+                pool.shutdown();
+                return Err(e);
+            }
+        }
+    }
+    pool.log(&format!("{} workers listening", a.workers));
+
+    let timeout = Duration::from_millis(a.timeout_ms);
+    let load_start = Instant::now();
+    let end = load_start + Duration::from_millis(a.duration_ms);
+    let mut load = match Load::start(a.clients, a.family.addr(a.port), timeout, end) {
+        Ok(l) => l,
+        Err(e) => {
+            pool.shutdown();
+            return Err(e);
+        }
+    };
+
+    let every = Duration::from_millis(a.restart_every_ms);
+    let mut next = load_start + every;
+    let mut slot = 0;
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        if !every.is_zero() && now >= next {
+            pool.restart(slot);
+            slot = (slot + 1) % pool.live.len();
+            next = (next + every).max(Instant::now());
+            continue;
+        }
+        pool.housekeeping();
+        let until = if every.is_zero() { end } else { next.min(end) };
+        std::thread::sleep(until.saturating_duration_since(Instant::now()).min(TICK));
+    }
+    let tally = load.finish();
+    let load_elapsed = load_start.elapsed();
+    pool.log("load stopped");
+    pool.shutdown();
+    pool.log("all workers gone");
+    let after = netns::tcp_ext()?;
+
+    let delta = |name: &str| match (before.get(name), after.get(name)) {
+        (Some(b), Some(a)) => Some(a.saturating_sub(*b)),
+        _ => None,
+    };
+    let mut errors = std::mem::take(&mut pool.errors);
+    if tally.panics > 0 {
+        errors.push(format!("{} client thread(s) panicked", tally.panics));
+    }
+    Ok(Outcome {
+        args: a.clone(),
+        migrate_req,
+        restarts: pool.restarts,
+        restart_failures: pool.restart_failures,
+        worker_served: pool.worker_served,
+        worker_errors: pool.worker_errors,
+        migrate_success: delta("TCPMigrateReqSuccess"),
+        migrate_failure: delta("TCPMigrateReqFailure"),
+        listen_overflows: delta("ListenOverflows"),
+        listen_drops: delta("ListenDrops"),
+        load_elapsed,
+        elapsed: t0.elapsed(),
+        errors,
+        tally,
+    })
+}
