@@ -11,7 +11,10 @@ RM_BASE_PKG=linux-source-6.12
 RM_BASE_PIN=${RM_BASE_PIN:-6.12.117-1~deb12u1}
 RM_LLVM_BIN=/usr/lib/llvm-19/bin
 RM_SRC_BASE=$RM_WORK/src/base
-RM_SRC_PATCHED=$RM_WORK/src/patched
+# The series and the worktree it is applied in (overridable for checks
+# that apply a part of it, or a broken one).
+RM_PATCHES=${RM_PATCHES:-$RM_REPO/patches}
+RM_SRC_PATCHED=${RM_SRC_PATCHED:-$RM_WORK/src/patched}
 RM_LOGS=$RM_WORK/logs
 
 export PATH="$RM_LLVM_BIN:$HOME/.cargo/bin:$PATH"
@@ -64,7 +67,7 @@ src_dir() {
 # Patches that git am applies, in order (the cover letter is not one).
 series_patches() {
 	local p
-	for p in "$RM_REPO"/patches/[0-9][0-9][0-9][0-9]-*.patch; do
+	for p in "$RM_PATCHES"/[0-9][0-9][0-9][0-9]-*.patch; do
 		[ -e "$p" ] || continue
 		case "$(basename "$p")" in 0000-*) continue ;; esac
 		echo "$p"
