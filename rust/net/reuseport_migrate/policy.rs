@@ -8,11 +8,11 @@
 
 /// A snapshot view of the live listeners of a reuseport group.
 ///
-/// Listener `i` for `i < len()` is live when the view is made; the choice never
+/// Listener `i` for `i < num_socks()` is live when the view is made; the choice never
 /// asks about any other index.
 pub trait Group {
     /// Number of live listeners (`num_socks`).
-    fn len(&self) -> u16;
+    fn num_socks(&self) -> u16;
 
     /// Whether listener `i` may take connections: upstream skips sockets in
     /// `TCP_ESTABLISHED` (connected UDP sockets share the array code).
@@ -21,6 +21,33 @@ pub trait Group {
     /// Whether listener `i` prefers the CPU running the choice
     /// (`SO_INCOMING_CPU`). Only asked when [`Choice::prefer_cpu`] is set.
     fn on_this_cpu(&self, i: u16) -> bool;
+
+    /// Free places in listener `i`'s accept queue, 0 when it is full
+    /// (`sk_acceptq_is_full()`). Only asked in [`Mode::LoadAware`].
+    fn room(&self, i: u16) -> u32;
+}
+
+/// How the kernel chooses when no BPF program does: `net.ipv4.tcp_migrate_req`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// 0: no migration unless a BPF program asks for it.
+    Off,
+    /// 1: a live listener by hash, whatever its load (upstream).
+    Hash,
+    /// 2: as [`Mode::Hash`], but never a listener whose accept queue is full
+    /// while another live listener has room.
+    LoadAware,
+}
+
+impl Mode {
+    /// The mode for a value of the sysctl, which only accepts known values.
+    pub fn from_sysctl(value: u8) -> Self {
+        match value {
+            0 => Mode::Off,
+            1 => Mode::Hash,
+            _ => Mode::LoadAware,
+        }
+    }
 }
 
 /// What the group's `BPF_SK_REUSEPORT_SELECT_OR_MIGRATE` program said.
@@ -63,8 +90,8 @@ pub enum Target<S> {
 pub struct Choice<S> {
     /// Hash of the migrating socket.
     pub hash: u32,
-    /// `net.ipv4.tcp_migrate_req` is on.
-    pub migrate_req: bool,
+    /// `net.ipv4.tcp_migrate_req`.
+    pub mode: Mode,
     /// Some listener of the group set `SO_INCOMING_CPU`.
     pub prefer_cpu: bool,
     /// Verdict of the migrate program.
@@ -75,17 +102,20 @@ pub struct Choice<S> {
 ///
 /// The BPF program has the first word: a selected listener wins and `SK_DROP`
 /// cancels. Otherwise, if migration is enabled (by the sysctl, or by a program
-/// that passed without choosing), a live listener is picked by hash.
+/// that passed without choosing), a live listener is picked by hash, and in
+/// [`Mode::LoadAware`] moved off a full accept queue by [`with_room`].
 pub fn choose<G: Group, S>(group: &G, choice: Choice<S>) -> Result<Target<S>, Failure> {
     match choice.bpf {
         Bpf::Selected(sk) => return Ok(Target::Bpf(sk)),
         Bpf::Drop => return Err(Failure::BpfCancelled),
-        Bpf::None if !choice.migrate_req => return Err(Failure::Disabled),
+        Bpf::None if choice.mode == Mode::Off => return Err(Failure::Disabled),
         Bpf::None | Bpf::Pass => {}
     }
-    by_hash(group, choice.hash, choice.prefer_cpu)
-        .map(Target::Index)
-        .ok_or(Failure::NoListener)
+    let i = by_hash(group, choice.hash, choice.prefer_cpu).ok_or(Failure::NoListener)?;
+    Ok(Target::Index(match choice.mode {
+        Mode::LoadAware => with_room(group, choice.hash, i),
+        Mode::Off | Mode::Hash => i,
+    }))
 }
 
 /// Maps a 32-bit hash onto `0..n` without a division (the kernel's
@@ -98,7 +128,7 @@ pub fn reciprocal_scale(hash: u32, n: u16) -> u16 {
 /// Picks a usable listener by hash, preferring one bound to this CPU when
 /// `prefer_cpu` is set: the scan starts at the hashed index and wraps once.
 pub fn by_hash<G: Group>(group: &G, hash: u32, prefer_cpu: bool) -> Option<u16> {
-    let n = group.len();
+    let n = group.num_socks();
     let start = reciprocal_scale(hash, n);
     let mut first = None;
     let mut i = start;
@@ -111,6 +141,35 @@ pub fn by_hash<G: Group>(group: &G, hash: u32, prefer_cpu: bool) -> Option<u16> 
         }
         // i < n, so i + 1 <= n <= u16::MAX cannot overflow.
         i = if i + 1 == n { 0 } else { i + 1 };
+    }
+    first
+}
+
+/// Moves the hash choice `first` off a full accept queue.
+///
+/// `first` is kept when it has room, so with no full queue the choice is the
+/// upstream one. Otherwise a second hash-derived candidate, then the first
+/// usable listener with room after `first`; when every queue is full, `first`
+/// (nothing is dropped that upstream would keep). O(1) unless queues are
+/// full, at most one pass over the group.
+pub fn with_room<G: Group>(group: &G, hash: u32, first: u16) -> u16 {
+    if group.room(first) > 0 {
+        return first;
+    }
+    let n = group.num_socks();
+    // Another mapping of the same hash, so connections that collided on
+    // `first` spread instead of all landing on its neighbour.
+    let second = reciprocal_scale(hash.wrapping_mul(0x9e37_79b9), n);
+    if group.usable(second) && group.room(second) > 0 {
+        return second;
+    }
+    let mut i = first;
+    for _ in 1..n {
+        // i < n, so i + 1 <= n <= u16::MAX cannot overflow.
+        i = if i + 1 == n { 0 } else { i + 1 };
+        if group.usable(i) && group.room(i) > 0 {
+            return i;
+        }
     }
     first
 }

@@ -14,7 +14,7 @@ use kernel::bindings;
 
 pub mod policy;
 
-use policy::{Bpf, Choice, Failure, Group, Target};
+use policy::{Bpf, Choice, Failure, Group, Mode, Target};
 
 /// `TCP_ESTABLISHED` from `include/net/tcp_states.h` (an enum bindgen does
 /// not keep).
@@ -45,12 +45,12 @@ impl RcuGroup {
 }
 
 impl Group for RcuGroup {
-    fn len(&self) -> u16 {
+    fn num_socks(&self) -> u16 {
         self.num_socks
     }
 
     fn usable(&self, i: u16) -> bool {
-        // SAFETY: `policy` only asks for `i < len()`.
+        // SAFETY: `policy` only asks for `i < num_socks()`.
         let sk = unsafe { self.sk(i) };
         // SAFETY: a listener in `socks[]` stays allocated under RCU;
         // `skc_state` changes concurrently, hence the single volatile read.
@@ -59,11 +59,26 @@ impl Group for RcuGroup {
     }
 
     fn on_this_cpu(&self, i: u16) -> bool {
-        // SAFETY: `policy` only asks for `i < len()`.
+        // SAFETY: `policy` only asks for `i < num_socks()`.
         let sk = unsafe { self.sk(i) };
         // SAFETY: `sk` is a live listener (see `usable`); the helper does the
         // `READ_ONCE()` that pairs with `reuseport_update_incoming_cpu()`.
         unsafe { bindings::sk_incoming_cpu(sk) == self.cpu }
+    }
+
+    fn room(&self, i: u16) -> u32 {
+        // SAFETY: `policy` only asks for `i < num_socks()`.
+        let sk = unsafe { self.sk(i) };
+        // SAFETY: `sk` is a live listener (see `usable`); both fields change
+        // locklessly (`sk_acceptq_is_full()` reads them with `READ_ONCE()`).
+        let (backlog, max) = unsafe {
+            (
+                core::ptr::read_volatile(&(*sk).sk_ack_backlog),
+                core::ptr::read_volatile(&(*sk).sk_max_ack_backlog),
+            )
+        };
+        // Full when backlog > max, as in `sk_acceptq_is_full()`.
+        max.saturating_add(1).saturating_sub(backlog)
     }
 }
 
@@ -86,7 +101,7 @@ pub unsafe extern "C" fn reuseport_migrate_choose(
     // SAFETY: the caller passes a valid, initialised context.
     let ctx = unsafe { &*ctx };
     // SAFETY: `reuse` is live under RCU; `socks` is its trailing array.
-    let socks = unsafe { (*ctx.reuse).socks.as_ptr() }.cast_const();
+    let socks = unsafe { (*ctx.reuse).socks.as_ptr() };
     // SAFETY: `reuse` is live under RCU. Paired with the `WRITE_ONCE()`s in
     // `__reuseport_(get|put)_incoming_cpu()`.
     let incoming_cpu = unsafe { core::ptr::read_volatile(&(*ctx.reuse).incoming_cpu) };
@@ -96,20 +111,22 @@ pub unsafe extern "C" fn reuseport_migrate_choose(
         cpu: ctx.cpu,
     };
     let bpf = match u32::from(ctx.bpf) {
-        bindings::reuseport_migrate_bpf_REUSEPORT_MIGRATE_BPF_SELECTED => Bpf::Selected(ctx.selected),
+        bindings::reuseport_migrate_bpf_REUSEPORT_MIGRATE_BPF_SELECTED => {
+            Bpf::Selected(ctx.selected)
+        }
         bindings::reuseport_migrate_bpf_REUSEPORT_MIGRATE_BPF_DROP => Bpf::Drop,
         bindings::reuseport_migrate_bpf_REUSEPORT_MIGRATE_BPF_PASS => Bpf::Pass,
         _ => Bpf::None,
     };
     let choice = Choice {
         hash: ctx.hash,
-        migrate_req: ctx.migrate_req != 0,
+        mode: Mode::from_sysctl(ctx.migrate_req),
         prefer_cpu: incoming_cpu != 0,
         bpf,
     };
     let sk = match policy::choose(&group, choice) {
         Ok(Target::Bpf(sk)) => sk,
-        // SAFETY: `policy` returns indices below `len()`.
+        // SAFETY: `policy` returns indices below `num_socks()`.
         Ok(Target::Index(i)) => unsafe { group.sk(i) }.cast_mut(),
         Err(why) => return why as core::ffi::c_int,
     };
@@ -120,8 +137,13 @@ pub unsafe extern "C" fn reuseport_migrate_choose(
 
 // Keep the Rust and C reasons in step.
 const _: () = {
-    assert!(Failure::NoListener as u32 == bindings::reuseport_migrate_result_REUSEPORT_MIGRATE_NO_LISTENER);
-    assert!(Failure::Disabled as u32 == bindings::reuseport_migrate_result_REUSEPORT_MIGRATE_DISABLED);
+    assert!(
+        Failure::NoListener as u32
+            == bindings::reuseport_migrate_result_REUSEPORT_MIGRATE_NO_LISTENER
+    );
+    assert!(
+        Failure::Disabled as u32 == bindings::reuseport_migrate_result_REUSEPORT_MIGRATE_DISABLED
+    );
     assert!(
         Failure::BpfCancelled as u32
             == bindings::reuseport_migrate_result_REUSEPORT_MIGRATE_BPF_CANCELLED

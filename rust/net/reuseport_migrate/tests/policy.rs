@@ -4,15 +4,27 @@
 
 use proptest::prelude::*;
 use reuseport_migrate_policy::policy::{
-    by_hash, choose, reciprocal_scale, Bpf, Choice, Failure, Group, Target,
+    by_hash, choose, reciprocal_scale, with_room, Bpf, Choice, Failure, Group, Mode, Target,
 };
 
-/// A model group: one entry per listener, `(usable, on_this_cpu)`.
+/// A model group: one entry per listener, `(usable, on_this_cpu)`, and the
+/// free places in each accept queue (all room unless a test says otherwise).
 #[derive(Debug, Clone)]
-struct Model(Vec<(bool, bool)>);
+struct Model(Vec<(bool, bool)>, Vec<u32>);
+
+impl Model {
+    fn plain(listeners: Vec<(bool, bool)>) -> Self {
+        let n = listeners.len();
+        Model(listeners, vec![1; n])
+    }
+
+    fn has_room(&self, i: u16) -> bool {
+        self.0[usize::from(i)].0 && self.1[usize::from(i)] > 0
+    }
+}
 
 impl Group for Model {
-    fn len(&self) -> u16 {
+    fn num_socks(&self) -> u16 {
         self.0.len() as u16
     }
     fn usable(&self, i: u16) -> bool {
@@ -20,6 +32,9 @@ impl Group for Model {
     }
     fn on_this_cpu(&self, i: u16) -> bool {
         self.0[usize::from(i)].1
+    }
+    fn room(&self, i: u16) -> u32 {
+        self.1[usize::from(i)]
     }
 }
 
@@ -48,7 +63,19 @@ fn oracle(g: &Model, hash: u32, prefer_cpu: bool) -> Option<u16> {
 }
 
 fn model() -> impl Strategy<Value = Model> {
-    prop::collection::vec((any::<bool>(), any::<bool>()), 0..70).prop_map(Model)
+    prop::collection::vec((any::<bool>(), any::<bool>()), 0..70).prop_map(Model::plain)
+}
+
+/// Groups with loads: each queue full (0) or with 1..3 free places.
+fn loaded_model() -> impl Strategy<Value = Model> {
+    prop::collection::vec((any::<bool>(), any::<bool>(), 0u32..4), 1..70).prop_map(|v| {
+        let rooms = v.iter().map(|&(_, _, r)| r).collect();
+        Model(v.into_iter().map(|(u, c, _)| (u, c)).collect(), rooms)
+    })
+}
+
+fn mode() -> impl Strategy<Value = Mode> {
+    prop_oneof![Just(Mode::Off), Just(Mode::Hash), Just(Mode::LoadAware)]
 }
 
 fn verdict() -> impl Strategy<Value = Bpf<u32>> {
@@ -77,7 +104,7 @@ proptest! {
     fn only_live_usable_listeners(g in model(), hash in any::<u32>(), cpu in any::<bool>()) {
         match by_hash(&g, hash, cpu) {
             Some(i) => {
-                prop_assert!(i < g.len());
+                prop_assert!(i < g.num_socks());
                 prop_assert!(g.usable(i));
             }
             None => prop_assert!(g.0.iter().all(|&(usable, _)| !usable)),
@@ -98,24 +125,104 @@ proptest! {
     }
 
     #[test]
-    fn bpf_has_the_first_word(g in model(), hash in any::<u32>(), sysctl in any::<bool>(),
+    fn bpf_has_the_first_word(g in loaded_model(), hash in any::<u32>(), mode in mode(),
                               bpf in verdict(), cpu in any::<bool>()) {
-        let got = choose(&g, Choice { hash, migrate_req: sysctl, prefer_cpu: cpu, bpf });
-        let by_hash = || oracle(&g, hash, cpu).map(Target::Index).ok_or(Failure::NoListener);
+        let got = choose(&g, Choice { hash, mode, prefer_cpu: cpu, bpf });
+        let by_hash = || {
+            let i = oracle(&g, hash, cpu).ok_or(Failure::NoListener)?;
+            Ok(Target::Index(if mode == Mode::LoadAware { with_room(&g, hash, i) } else { i }))
+        };
         let want = match bpf {
             Bpf::Selected(s) => Ok(Target::Bpf(s)),
             Bpf::Drop => Err(Failure::BpfCancelled),
-            Bpf::None if !sysctl => Err(Failure::Disabled),
+            Bpf::None if mode == Mode::Off => Err(Failure::Disabled),
             Bpf::None | Bpf::Pass => by_hash(),
         };
         prop_assert_eq!(got, want);
+    }
+
+    #[test]
+    fn never_a_full_queue_while_another_has_room(g in loaded_model(), hash in any::<u32>(),
+                                                  cpu in any::<bool>()) {
+        let c = Choice { hash, mode: Mode::LoadAware, prefer_cpu: cpu, bpf: Bpf::<u32>::None };
+        let any_room = (0..g.num_socks()).any(|i| g.has_room(i));
+        match choose(&g, c) {
+            Ok(Target::Index(i)) => {
+                prop_assert!(g.usable(i));
+                prop_assert!(g.has_room(i) || !any_room);
+                // Upstream's choice is kept when it has room, and when no
+                // queue has: load-awareness only ever moves a connection
+                // that upstream would put in a full queue.
+                let up = oracle(&g, hash, cpu).unwrap();
+                if g.has_room(up) || !any_room {
+                    prop_assert_eq!(i, up);
+                }
+            }
+            other => prop_assert_eq!(other, Err(Failure::NoListener)),
+        }
+    }
+
+    #[test]
+    fn hash_mode_ignores_load(g in loaded_model(), hash in any::<u32>(), cpu in any::<bool>()) {
+        let c = Choice { hash, mode: Mode::Hash, prefer_cpu: cpu, bpf: Bpf::<u32>::None };
+        let want = oracle(&g, hash, cpu).map(Target::Index).ok_or(Failure::NoListener);
+        prop_assert_eq!(choose(&g, c), want);
+    }
+}
+
+#[test]
+fn sysctl_values() {
+    assert_eq!(Mode::from_sysctl(0), Mode::Off);
+    assert_eq!(Mode::from_sysctl(1), Mode::Hash);
+    assert_eq!(Mode::from_sysctl(2), Mode::LoadAware);
+}
+
+/// One full listener of three: the other two share its connections, neither
+/// taking everything (the second hash candidate spreads them).
+#[test]
+fn full_listener_load_spreads() {
+    for full in 0..3u16 {
+        let mut g = Model::plain(vec![(true, false); 3]);
+        g.1[usize::from(full)] = 0;
+        let mut hits = [0u32; 3];
+        let samples = 1u32 << 16;
+        for k in 0..samples {
+            let c = Choice {
+                hash: k.wrapping_mul(65537),
+                mode: Mode::LoadAware,
+                prefer_cpu: false,
+                bpf: Bpf::<u32>::None,
+            };
+            match choose(&g, c) {
+                Ok(Target::Index(i)) => hits[usize::from(i)] += 1,
+                other => panic!("no target: {other:?}"),
+            }
+        }
+        assert_eq!(
+            hits[usize::from(full)],
+            0,
+            "full listener {full} got {hits:?}"
+        );
+        for (i, &h) in hits.iter().enumerate() {
+            if i != usize::from(full) {
+                assert!(
+                    h > samples * 2 / 5,
+                    "listener {i} got {h} of {samples}: {hits:?}"
+                );
+            }
+        }
     }
 }
 
 #[test]
 fn empty_group_has_no_target() {
-    let g = Model(vec![]);
-    let c = Choice { hash: 7, migrate_req: true, prefer_cpu: false, bpf: Bpf::<u32>::None };
+    let g = Model::plain(vec![]);
+    let c = Choice {
+        hash: 7,
+        mode: Mode::LoadAware,
+        prefer_cpu: false,
+        bpf: Bpf::<u32>::None,
+    };
     assert_eq!(choose(&g, c), Err(Failure::NoListener));
 }
 
@@ -124,7 +231,7 @@ fn empty_group_has_no_target() {
 #[test]
 fn spreads_evenly() {
     for n in [1u16, 2, 3, 7, 8, 32, 100, 1000] {
-        let g = Model(vec![(true, false); usize::from(n)]);
+        let g = Model::plain(vec![(true, false); usize::from(n)]);
         let mut hits = vec![0u32; usize::from(n)];
         let samples = 1u32 << 16;
         for k in 0..samples {
@@ -133,7 +240,10 @@ fn spreads_evenly() {
         }
         let share = samples / u32::from(n);
         for (i, &h) in hits.iter().enumerate() {
-            assert!(h.abs_diff(share) <= 1, "n={n} listener {i}: {h} hits, want {share}±1");
+            assert!(
+                h.abs_diff(share) <= 1,
+                "n={n} listener {i}: {h} hits, want {share}±1"
+            );
         }
     }
 }
@@ -143,7 +253,7 @@ fn spreads_evenly() {
 fn finds_the_only_usable_listener() {
     for n in 1..=64u16 {
         for only in 0..n {
-            let g = Model((0..n).map(|i| (i == only, false)).collect());
+            let g = Model::plain((0..n).map(|i| (i == only, false)).collect());
             for hash in [0, 1, u32::MAX / 3, u32::MAX / 2, u32::MAX] {
                 assert_eq!(by_hash(&g, hash, true), Some(only));
             }
