@@ -158,6 +158,18 @@ impl Steer {
         .context("setsockopt(SO_ATTACH_REUSEPORT_EBPF)")
     }
 
+    /// SO_DETACH_REUSEPORT_BPF: the group has no program any more, so
+    /// `tcp_migrate_req` alone decides where sockets of a closed listener go.
+    pub fn detach(&self, listener: &Socket) -> Result<()> {
+        setsockopt_int(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_DETACH_REUSEPORT_BPF,
+            0,
+        )
+        .context("setsockopt(SO_DETACH_REUSEPORT_BPF)")
+    }
+
     /// Puts a listening socket into slot `slot` of the socket array.
     pub fn set_slot(&self, slot: u32, listener: &Socket) -> Result<()> {
         let fd = listener.as_raw_fd() as u64;

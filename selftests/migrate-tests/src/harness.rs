@@ -62,19 +62,52 @@ fn set_link_up(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Which kernel the suite runs on (the VM runner says so). Tests of what
+/// the series adds beyond upstream assert the upstream behaviour on `base`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kernel {
+    Base,
+    Patched,
+}
+
+impl Kernel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Base => "base",
+            Kernel::Patched => "patched",
+        }
+    }
+}
+
+pub const MIGRATE_REQ: &str = "net.ipv4.tcp_migrate_req";
+
+fn sysctl_path(name: &str) -> String {
+    format!("/proc/sys/{}", name.replace('.', "/"))
+}
+
+/// One write(2) of `value` to a sysctl of the current network namespace.
+pub fn write_sysctl(name: &str, value: &str) -> io::Result<()> {
+    fs::write(sysctl_path(name), value)
+}
+
+pub fn read_sysctl(name: &str) -> Result<String> {
+    let path = sysctl_path(name);
+    let s = fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+    Ok(s.trim().to_string())
+}
+
 /// Writes a sysctl of the current network namespace and reads it back.
 pub fn set_sysctl(name: &str, value: &str) -> Result<()> {
-    let path = format!("/proc/sys/{}", name.replace('.', "/"));
-    fs::write(&path, value).with_context(|| format!("write {value} to {path}"))?;
-    let back = fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
-    if back.trim() != value {
-        bail!("{name}: wrote {value}, reads back {}", back.trim());
+    write_sysctl(name, value).with_context(|| format!("write {value} to {}", sysctl_path(name)))?;
+    let back = read_sysctl(name)?;
+    if back != value {
+        bail!("{name}: wrote {value}, reads back {back}");
     }
     Ok(())
 }
 
 pub fn set_migrate_req(on: bool) -> Result<()> {
-    set_sysctl("net.ipv4.tcp_migrate_req", if on { "1" } else { "0" })
+    set_sysctl(MIGRATE_REQ, if on { "1" } else { "0" })
 }
 
 /// TcpExt counters of the current network namespace.
@@ -85,6 +118,8 @@ pub const MIGRATE_OK: &str = "TCPMigrateReqSuccess";
 pub const MIGRATE_FAIL: &str = "TCPMigrateReqFailure";
 pub const SYNACK_RETRANS: &str = "TCPSynRetrans";
 pub const TFO_PASSIVE: &str = "TCPFastOpenPassive";
+pub const LISTEN_OVERFLOWS: &str = "ListenOverflows";
+pub const LISTEN_DROPS: &str = "ListenDrops";
 
 impl TcpExt {
     pub fn read() -> Result<Self> {
@@ -326,6 +361,7 @@ pub struct Group {
     pub family: Family,
     pub port: u16,
     socks: Vec<Option<Socket>>,
+    backlogs: Vec<i32>,
 }
 
 /// One accepted connection: which listener handed it out and the client
@@ -354,6 +390,7 @@ impl Group {
             family,
             port,
             socks,
+            backlogs: vec![LISTEN_BACKLOG; n],
         })
     }
 
@@ -377,9 +414,15 @@ impl Group {
     }
 
     pub fn listen(&self, i: usize) -> Result<()> {
+        let backlog = self.backlogs[i];
         self.sock(i)?
-            .listen(LISTEN_BACKLOG)
-            .with_context(|| format!("listen L{i}"))
+            .listen(backlog)
+            .with_context(|| format!("listen L{i} (backlog {backlog})"))
+    }
+
+    /// The backlog L<i> will listen() with (before it does).
+    pub fn set_backlog(&mut self, i: usize, backlog: i32) {
+        self.backlogs[i] = backlog;
     }
 
     /// Enables TCP Fast Open on every socket of the group (before listen).
@@ -454,10 +497,17 @@ impl Group {
     /// or the event timeout passes, then one more sweep so surplus
     /// connections are seen too.
     pub fn accept_all(&self, want: usize) -> Result<Vec<Accepted>> {
+        let all: Vec<usize> = (0..self.len()).collect();
+        self.accept_from(&all, want)
+    }
+
+    /// As `accept_all`, but only from the listeners in `which` (a stalled
+    /// listener is never served).
+    pub fn accept_from(&self, which: &[usize], want: usize) -> Result<Vec<Accepted>> {
         let mut got = Vec::new();
         let deadline = Deadline::after(EVENT_TIMEOUT);
         loop {
-            for i in 0..self.len() {
+            for &i in which {
                 self.accept_now(i, &mut got)?;
             }
             if got.len() >= want || deadline.expired() {
@@ -465,7 +515,7 @@ impl Group {
             }
             thread::sleep(POLL_STEP.min(deadline.remaining()));
         }
-        for i in 0..self.len() {
+        for &i in which {
             self.accept_now(i, &mut got)?;
         }
         Ok(got)
@@ -554,6 +604,11 @@ impl Client {
         }
         self.sent = true;
         Ok(())
+    }
+
+    /// Segments sent but not yet acknowledged by the server (TCP_INFO).
+    pub fn unacked(&self) -> Result<u32> {
+        Ok(tcp_info(self.sock.as_raw_fd())?.tcpi_unacked)
     }
 
     /// Waits (bounded) for something from the server and classifies it.

@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 
-use harness::{Deadline, Family, Stop};
+use harness::{Deadline, Family, Kernel, Stop};
 use scenarios::{Lost, Trigger};
 
 /// A test child still running after this long is killed and reported.
@@ -32,37 +32,62 @@ struct Cli {
     list: bool,
     /// Run only tests whose name contains this string.
     filter: Option<String>,
+    /// The kernel under test: tests of behaviour the series adds beyond
+    /// upstream expect upstream's behaviour on `base`.
+    #[arg(long, value_enum, default_value_t = Kernel::Patched)]
+    kernel: Kernel,
     /// Internal: run one test in this process (in a new network namespace).
     #[arg(long, hide = true, value_name = "NAME")]
     run_child: Option<String>,
 }
 
-type Scenario = fn(Family) -> Result<()>;
+/// A test run once per address family, named `ipv4_NAME` and `ipv6_NAME`.
+type Scenario = fn(Family, Kernel) -> Result<()>;
 
 const SCENARIOS: &[(&str, Scenario)] = &[
-    ("close_children", |f| {
+    ("close_children", |f, _| {
         scenarios::queued_children(f, Stop::Close)
     }),
-    ("shutdown_children", |f| {
+    ("shutdown_children", |f, _| {
         scenarios::queued_children(f, Stop::Shutdown)
     }),
-    ("reqsk_ack", |f| scenarios::in_flight(f, Trigger::Ack)),
-    ("reqsk_timer", |f| scenarios::in_flight(f, Trigger::Timer)),
-    ("tfo", scenarios::fastopen),
-    ("sysctl_off_resets", |f| {
+    ("reqsk_ack", |f, _| scenarios::in_flight(f, Trigger::Ack)),
+    ("reqsk_timer", |f, _| {
+        scenarios::in_flight(f, Trigger::Timer)
+    }),
+    ("tfo", |f, _| scenarios::fastopen(f)),
+    ("sysctl_off_resets", |f, _| {
         scenarios::lost_children(f, Lost::SysctlOff)
     }),
-    ("no_target_resets", |f| {
+    ("no_target_resets", |f, _| {
         scenarios::lost_children(f, Lost::NoTarget)
     }),
-    ("bpf_select", scenarios::bpf_select),
-    ("bpf_drop", scenarios::bpf_drop),
+    ("bpf_select", |f, _| scenarios::bpf_select(f)),
+    ("bpf_drop", |f, _| scenarios::bpf_drop(f)),
+    (
+        "stalled_target_children",
+        scenarios::stalled_target_children,
+    ),
+    (
+        "stalled_target_reqsk_ack",
+        scenarios::stalled_target_reqsk_ack,
+    ),
 ];
+
+/// A test with no address family, run once under its own name.
+type Single = fn(Kernel) -> Result<()>;
+
+const SINGLES: &[(&str, Single)] = &[("sysctl_rejects_unknown", scenarios::sysctl_rejects_unknown)];
+
+#[derive(Clone, Copy)]
+enum Run {
+    PerFamily(Family, Scenario),
+    Once(Single),
+}
 
 struct Test {
     name: String,
-    family: Family,
-    run: Scenario,
+    run: Run,
 }
 
 fn all_tests() -> Vec<Test> {
@@ -71,10 +96,15 @@ fn all_tests() -> Vec<Test> {
         for (suffix, run) in SCENARIOS {
             v.push(Test {
                 name: format!("{}_{suffix}", family.prefix()),
-                family,
-                run: *run,
+                run: Run::PerFamily(family, *run),
             });
         }
+    }
+    for (name, run) in SINGLES {
+        v.push(Test {
+            name: name.to_string(),
+            run: Run::Once(*run),
+        });
     }
     v
 }
@@ -84,7 +114,7 @@ const PASS: &str = "PASS";
 const SKIP: &str = "SKIP ";
 const FAIL: &str = "FAIL ";
 
-fn run_child(name: &str) -> ExitCode {
+fn run_child(name: &str, kernel: Kernel) -> ExitCode {
     let Some(test) = all_tests().into_iter().find(|t| t.name == name) else {
         println!("{FAIL}no test named {name}");
         return ExitCode::FAILURE;
@@ -95,10 +125,15 @@ fn run_child(name: &str) -> ExitCode {
     })));
     let outcome = std::panic::catch_unwind(|| -> Result<Option<String>> {
         harness::enter_fresh_netns()?;
-        if test.family == Family::V6 && !std::path::Path::new("/proc/sys/net/ipv6").exists() {
-            return Ok(Some("kernel without IPv6".into()));
+        match test.run {
+            Run::PerFamily(Family::V6, _)
+                if !std::path::Path::new("/proc/sys/net/ipv6").exists() =>
+            {
+                return Ok(Some("kernel without IPv6".into()));
+            }
+            Run::PerFamily(family, run) => run(family, kernel)?,
+            Run::Once(run) => run(kernel)?,
         }
-        (test.run)(test.family)?;
         Ok(None)
     });
     match outcome {
@@ -124,10 +159,10 @@ fn drain(mut r: impl Read + Send + 'static) -> thread::JoinHandle<String> {
     })
 }
 
-fn run_in_child(name: &str) -> Result<Verdict> {
+fn run_in_child(name: &str, kernel: Kernel) -> Result<Verdict> {
     let exe = std::env::current_exe().context("current_exe")?;
     let mut child = Command::new(exe)
-        .args(["--run-child", name])
+        .args(["--run-child", name, "--kernel", kernel.name()])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -183,7 +218,7 @@ fn run_in_child(name: &str) -> Result<Verdict> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(name) = cli.run_child {
-        return run_child(&name);
+        return run_child(&name, cli.kernel);
     }
     let tests: Vec<Test> = all_tests()
         .into_iter()
@@ -204,7 +239,8 @@ fn main() -> ExitCode {
     }
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
     for t in &tests {
-        let verdict = run_in_child(&t.name).unwrap_or_else(|e| Verdict::Fail(format!("{e:#}")));
+        let verdict =
+            run_in_child(&t.name, cli.kernel).unwrap_or_else(|e| Verdict::Fail(format!("{e:#}")));
         match verdict {
             Verdict::Pass => {
                 passed += 1;
