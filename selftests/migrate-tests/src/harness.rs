@@ -182,6 +182,30 @@ impl Checks {
         }
     }
 
+    /// `TCPMigrateReqSuccess` and `TCPMigrateReqFailure` grew by exactly
+    /// `ok` and `fail` from `start` to `now`; `when` ends both labels.
+    pub fn migrations(
+        &mut self,
+        when: &str,
+        start: &TcpExt,
+        now: &TcpExt,
+        ok: u64,
+        fail: u64,
+    ) -> Result<()> {
+        let label = |counter: &str| format!("{counter} {when}").trim_end().to_string();
+        self.eq(
+            &label("TCPMigrateReqSuccess"),
+            now.since(start, MIGRATE_OK)?,
+            ok,
+        );
+        self.eq(
+            &label("TCPMigrateReqFailure"),
+            now.since(start, MIGRATE_FAIL)?,
+            fail,
+        );
+        Ok(())
+    }
+
     /// Fails now if anything so far mismatched: later steps would only
     /// produce follow-up noise.
     pub fn gate(&mut self, stage: &str) -> Result<()> {
@@ -696,6 +720,27 @@ pub struct Exchange {
     pub established: usize,
     /// what the clients that no accepted socket belongs to saw
     pub orphans: Fates,
+}
+
+impl Exchange {
+    /// Each of `n` accepted clients had its hello read intact and read the
+    /// answer; none was reset.
+    pub fn check_served(&self, ck: &mut Checks, n: usize) {
+        ck.eq("accepted sockets of our clients", self.matched, n);
+        ck.eq("hellos read intact", self.hello_ok, n);
+        ck.eq("clients answered", self.alive, n);
+        ck.eq("clients reset", self.resets, 0);
+    }
+
+    /// As [`Exchange::check_served`], and no client was left unaccepted.
+    pub fn check_all_served(&self, ck: &mut Checks, n: usize) {
+        self.check_served(ck, n);
+        ck.eq(
+            "clients never accepted",
+            self.orphans.to_string(),
+            Fates::default().to_string(),
+        );
+    }
 }
 
 /// For every accepted connection: find its client by port, read the hello

@@ -16,7 +16,7 @@ use anyhow::{Context, Result};
 use crate::bpf::{HoldAck, Migrate, Stat, Steer};
 use crate::harness::{
     count_on, exchange, fates, read_sysctl, set_migrate_req, set_sysctl, tcp_state, wait_until,
-    write_sysctl, Accepted, Checks, Client, Deadline, Family, Fates, Group, Kernel, Stop, TcpExt,
+    write_sysctl, Accepted, Checks, Client, Deadline, Family, Group, Kernel, Stop, TcpExt,
     EVENT_TIMEOUT, LISTEN_DROPS, LISTEN_OVERFLOWS, MIGRATE_FAIL, MIGRATE_OK, MIGRATE_REQ,
     SYNACK_RETRANS, TCP_SYN_RECV, TFO_PASSIVE,
 };
@@ -72,16 +72,7 @@ pub fn queued_children(fam: Family, how: Stop) -> Result<()> {
     g.stop(0, how)?;
     let now = TcpExt::read()?;
     ck.eq("L1 queue after stopping L0", g.queued(1)?, FIRST as u32);
-    ck.eq(
-        "TCPMigrateReqSuccess after stopping L0",
-        now.since(&start, MIGRATE_OK)?,
-        u(FIRST),
-    );
-    ck.eq(
-        "TCPMigrateReqFailure after stopping L0",
-        now.since(&start, MIGRATE_FAIL)?,
-        0,
-    );
+    ck.migrations("after stopping L0", &start, &now, u(FIRST), 0)?;
     ck.gate("first stop")?;
 
     clients.extend(connect_greet(fam, &g, FIRST..TOTAL)?);
@@ -98,16 +89,7 @@ pub fn queued_children(fam: Family, how: Stop) -> Result<()> {
     let now = TcpExt::read()?;
     let (q2, q3) = (g.queued(2)?, g.queued(3)?);
     ck.eq("L2+L3 queues after stopping L1", q2 + q3, TOTAL as u32);
-    ck.eq(
-        "TCPMigrateReqSuccess after both stops",
-        now.since(&start, MIGRATE_OK)?,
-        u(FIRST + TOTAL),
-    );
-    ck.eq(
-        "TCPMigrateReqFailure after both stops",
-        now.since(&start, MIGRATE_FAIL)?,
-        0,
-    );
+    ck.migrations("after both stops", &start, &now, u(FIRST + TOTAL), 0)?;
     ck.gate("second stop")?;
 
     let acc = g.accept_all(TOTAL)?;
@@ -125,26 +107,9 @@ pub fn queued_children(fam: Family, how: Stop) -> Result<()> {
         q3.into(),
     );
     let ex = exchange(&clients, &acc)?;
-    ck.eq("accepted sockets of our clients", ex.matched, TOTAL);
-    ck.eq("hellos read intact", ex.hello_ok, TOTAL);
-    ck.eq("clients answered", ex.alive, TOTAL);
-    ck.eq("clients reset", ex.resets, 0);
-    ck.eq(
-        "clients never accepted",
-        ex.orphans.to_string(),
-        Fates::default().to_string(),
-    );
+    ex.check_all_served(&mut ck, TOTAL);
     let end = TcpExt::read()?;
-    ck.eq(
-        "TCPMigrateReqSuccess at end",
-        end.since(&start, MIGRATE_OK)?,
-        u(FIRST + TOTAL),
-    );
-    ck.eq(
-        "TCPMigrateReqFailure at end",
-        end.since(&start, MIGRATE_FAIL)?,
-        0,
-    );
+    ck.migrations("at end", &start, &end, u(FIRST + TOTAL), 0)?;
     ck.finish()
 }
 
@@ -182,16 +147,7 @@ pub fn in_flight(fam: Family, trigger: Trigger) -> Result<()> {
     g.listen(1)?;
     g.stop(0, Stop::Close)?;
     let now = TcpExt::read()?;
-    ck.eq(
-        "TCPMigrateReqSuccess right after close",
-        now.since(&start, MIGRATE_OK)?,
-        0,
-    );
-    ck.eq(
-        "TCPMigrateReqFailure right after close",
-        now.since(&start, MIGRATE_FAIL)?,
-        0,
-    );
+    ck.migrations("right after close", &start, &now, 0, 0)?;
     ck.eq("L1 queue right after close", g.queued(1)?, 0);
     ck.gate("close")?;
 
@@ -212,16 +168,7 @@ pub fn in_flight(fam: Family, trigger: Trigger) -> Result<()> {
             now.since(&start, SYNACK_RETRANS)?,
             u(N),
         );
-        ck.eq(
-            "TCPMigrateReqSuccess after the timers",
-            now.since(&start, MIGRATE_OK)?,
-            u(N),
-        );
-        ck.eq(
-            "TCPMigrateReqFailure after the timers",
-            now.since(&start, MIGRATE_FAIL)?,
-            0,
-        );
+        ck.migrations("after the timers", &start, &now, u(N), 0)?;
         ck.eq("L1 queue before the ACKs", g.queued(1)?, 0);
         ck.gate("timer")?;
     }
@@ -234,26 +181,9 @@ pub fn in_flight(fam: Family, trigger: Trigger) -> Result<()> {
     ck.eq("accepted", acc.len(), N);
     ck.eq("accepted from L1", count_on(&acc, 1), N);
     let ex = exchange(&clients, &acc)?;
-    ck.eq("accepted sockets of our clients", ex.matched, N);
-    ck.eq("hellos read intact", ex.hello_ok, N);
-    ck.eq("clients answered", ex.alive, N);
-    ck.eq("clients reset", ex.resets, 0);
-    ck.eq(
-        "clients never accepted",
-        ex.orphans.to_string(),
-        Fates::default().to_string(),
-    );
+    ex.check_all_served(&mut ck, N);
     let end = TcpExt::read()?;
-    ck.eq(
-        "TCPMigrateReqSuccess at end",
-        end.since(&start, MIGRATE_OK)?,
-        u(N),
-    );
-    ck.eq(
-        "TCPMigrateReqFailure at end",
-        end.since(&start, MIGRATE_FAIL)?,
-        0,
-    );
+    ck.migrations("at end", &start, &end, u(N), 0)?;
     if trigger == Trigger::Ack {
         // No SYN+ACK was retransmitted, so the timer cannot have done the move.
         ck.eq(
@@ -301,16 +231,7 @@ pub fn fastopen(fam: Family) -> Result<()> {
     g.stop(0, Stop::Close)?;
     let now = TcpExt::read()?;
     ck.eq("L1 queue after close", g.queued(1)?, N as u32);
-    ck.eq(
-        "TCPMigrateReqSuccess after close",
-        now.since(&start, MIGRATE_OK)?,
-        u(N),
-    );
-    ck.eq(
-        "TCPMigrateReqFailure after close",
-        now.since(&start, MIGRATE_FAIL)?,
-        0,
-    );
+    ck.migrations("after close", &start, &now, u(N), 0)?;
     ck.gate("close")?;
 
     // Accept while the ACKs are still held: the moved children must still
@@ -329,27 +250,10 @@ pub fn fastopen(fam: Family) -> Result<()> {
 
     hold.release()?;
     let ex = exchange(&clients, &acc)?;
-    ck.eq("accepted sockets of our clients", ex.matched, N);
-    ck.eq("SYN data read intact", ex.hello_ok, N);
-    ck.eq("clients answered", ex.alive, N);
-    ck.eq("clients reset", ex.resets, 0);
-    ck.eq(
-        "clients never accepted",
-        ex.orphans.to_string(),
-        Fates::default().to_string(),
-    );
+    ex.check_all_served(&mut ck, N);
     ck.eq("children ESTABLISHED after ACKs pass", ex.established, N);
     let end = TcpExt::read()?;
-    ck.eq(
-        "TCPMigrateReqSuccess at end",
-        end.since(&start, MIGRATE_OK)?,
-        u(N),
-    );
-    ck.eq(
-        "TCPMigrateReqFailure at end",
-        end.since(&start, MIGRATE_FAIL)?,
-        0,
-    );
+    ck.migrations("at end", &start, &end, u(N), 0)?;
     ck.finish()
 }
 
@@ -397,12 +301,7 @@ pub fn lost_children(fam: Family, why: Lost) -> Result<()> {
         Lost::SysctlOff => 0,
         Lost::NoTarget => N,
     };
-    ck.eq("TCPMigrateReqSuccess", now.since(&start, MIGRATE_OK)?, 0);
-    ck.eq(
-        "TCPMigrateReqFailure",
-        now.since(&start, MIGRATE_FAIL)?,
-        u(failures),
-    );
+    ck.migrations("", &start, &now, 0, u(failures))?;
     ck.finish()
 }
 
@@ -485,12 +384,7 @@ pub fn bpf_select(fam: Family) -> Result<()> {
         ALL as u32,
     );
     ck.eq("L2 queue after stopping L0 and L1", g.queued(2)?, 0);
-    ck.eq(
-        "TCPMigrateReqSuccess",
-        now.since(&start, MIGRATE_OK)?,
-        u(ALL),
-    );
-    ck.eq("TCPMigrateReqFailure", now.since(&start, MIGRATE_FAIL)?, 0);
+    ck.migrations("", &start, &now, u(ALL), 0)?;
     ck.gate("migration")?;
 
     let acc = g.accept_all(ALL)?;
@@ -498,15 +392,7 @@ pub fn bpf_select(fam: Family) -> Result<()> {
     ck.eq("accepted from L3", count_on(&acc, 3), ALL);
     ck.eq("accepted from L2", count_on(&acc, 2), 0);
     let ex = exchange(&clients, &acc)?;
-    ck.eq("accepted sockets of our clients", ex.matched, ALL);
-    ck.eq("hellos read intact", ex.hello_ok, ALL);
-    ck.eq("clients answered", ex.alive, ALL);
-    ck.eq("clients reset", ex.resets, 0);
-    ck.eq(
-        "clients never accepted",
-        ex.orphans.to_string(),
-        Fates::default().to_string(),
-    );
+    ex.check_all_served(&mut ck, ALL);
     let want = format!(
         "SynSelected={ALL} MigrateEstablished={ALL} MigrateSynRecv=0 MigrateReqAck=0 \
          MigrateReqTimer=0 MigrateDropped=0 SelectError=0"
@@ -534,12 +420,7 @@ pub fn bpf_drop(fam: Family) -> Result<()> {
     g.stop(0, Stop::Close)?;
     let now = TcpExt::read()?;
     expect_all_reset(&mut ck, &g, &clients, 1)?;
-    ck.eq("TCPMigrateReqSuccess", now.since(&start, MIGRATE_OK)?, 0);
-    ck.eq(
-        "TCPMigrateReqFailure",
-        now.since(&start, MIGRATE_FAIL)?,
-        u(N),
-    );
+    ck.migrations("", &start, &now, 0, u(N))?;
     let want = format!(
         "SynSelected={N} MigrateEstablished=0 MigrateSynRecv=0 MigrateReqAck=0 \
          MigrateReqTimer=0 MigrateDropped={N} SelectError=0"
@@ -678,10 +559,7 @@ fn serve_from_c(
     ck.eq("accepted from C", acc.len(), want);
     let (served, unserved) = served_split(clients, &acc);
     let ex = exchange(&served, &acc)?;
-    ck.eq("accepted sockets of our clients", ex.matched, want);
-    ck.eq("hellos read intact", ex.hello_ok, want);
-    ck.eq("clients answered", ex.alive, want);
-    ck.eq("clients reset", ex.resets, 0);
+    ex.check_served(ck, want);
     Ok(unserved)
 }
 
@@ -707,8 +585,7 @@ pub fn stalled_target_children(fam: Family, kernel: Kernel) -> Result<()> {
     s.close_a()?;
     let now = TcpExt::read()?;
     let (on_b, on_c) = (s.g.queued(B)?.saturating_sub(B_FULL), s.g.queued(C)?);
-    ck.eq("TCPMigrateReqSuccess", now.since(&start, MIGRATE_OK)?, u(K));
-    ck.eq("TCPMigrateReqFailure", now.since(&start, MIGRATE_FAIL)?, 0);
+    ck.migrations("", &start, &now, u(K), 0)?;
     // Queueing a migrated child never counts an overflow, full queue or not.
     ck.eq("ListenOverflows", now.since(&start, LISTEN_OVERFLOWS)?, 0);
     match kernel {
@@ -733,16 +610,7 @@ pub fn stalled_target_children(fam: Family, kernel: Kernel) -> Result<()> {
         format!("data=0 reset=0 eof=0 silent={on_b} error=0"),
     );
     let end = TcpExt::read()?;
-    ck.eq(
-        "TCPMigrateReqSuccess at end",
-        end.since(&start, MIGRATE_OK)?,
-        u(K),
-    );
-    ck.eq(
-        "TCPMigrateReqFailure at end",
-        end.since(&start, MIGRATE_FAIL)?,
-        0,
-    );
+    ck.migrations("at end", &start, &end, u(K), 0)?;
     ck.finish()
 }
 
@@ -778,16 +646,7 @@ pub fn stalled_target_reqsk_ack(fam: Family, kernel: Kernel) -> Result<()> {
 
     s.close_a()?;
     let closed = TcpExt::read()?;
-    ck.eq(
-        "TCPMigrateReqSuccess right after close",
-        closed.since(&start, MIGRATE_OK)?,
-        0,
-    );
-    ck.eq(
-        "TCPMigrateReqFailure right after close",
-        closed.since(&start, MIGRATE_FAIL)?,
-        0,
-    );
+    ck.migrations("right after close", &start, &closed, 0, 0)?;
     ck.eq("C queue right after close", s.g.queued(C)?, 0);
     ck.gate("close")?;
 
