@@ -5,12 +5,13 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use libbpf_rs::{Link, Map, MapCore, MapFlags, Object, ObjectBuilder};
 use socket2::Socket;
 
-use crate::harness::setsockopt_int;
+use crate::harness::{setsockopt_int, wait_until, EVENT_TIMEOUT};
 
+const GATE_OBJ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hashdance_gate.bpf.o"));
 const HOLD_ACK_OBJ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hold_ack.bpf.o"));
 const STEER_OBJ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/steer.bpf.o"));
 
@@ -80,6 +81,93 @@ impl HoldAck {
 
     pub fn dropped(&self) -> Result<u64> {
         get_u64(&self.obj, "hold_stats", 0)
+    }
+}
+
+/// kprobe that holds one completing handshake at the entry of
+/// inet_csk_complete_hashdance(): after the kernel found the listener
+/// listening and created the child, before the child is queued
+/// (bpf/hashdance_gate.bpf.c).
+pub struct HashdanceGate {
+    obj: Object,
+    _link: Link,
+}
+
+/// Byte offsets of the fields of `struct gate` in bpf/hashdance_gate.bpf.c.
+const GATE_ARMED: usize = 0;
+const GATE_HOLDING: usize = 4;
+const GATE_RELEASE: usize = 8;
+const GATE_TIMED_OUT: usize = 12;
+const GATE_HELD: usize = 16;
+const GATE_SIZE: usize = 24;
+
+impl HashdanceGate {
+    /// Loads the program and attaches its kprobe; the gate starts unarmed.
+    pub fn attach() -> Result<HashdanceGate> {
+        let obj = load(GATE_OBJ, "hashdance_gate")?;
+        let link = obj
+            .progs_mut()
+            .find(|p| p.name() == "hashdance_gate")
+            .ok_or_else(|| anyhow!("program hashdance_gate missing"))?
+            .attach()
+            .context("attach kprobe inet_csk_complete_hashdance")?;
+        Ok(HashdanceGate { obj, _link: link })
+    }
+
+    fn read(&self) -> Result<[u8; GATE_SIZE]> {
+        let v = map(&self.obj, "gate_map")?
+            .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .context("lookup gate_map")?
+            .ok_or_else(|| anyhow!("gate_map[0] missing"))?;
+        v.as_slice()
+            .try_into()
+            .map_err(|_| anyhow!("gate_map value: {} bytes", v.len()))
+    }
+
+    fn field(&self, off: usize) -> Result<u32> {
+        let v = self.read()?;
+        Ok(u32::from_ne_bytes(
+            v[off..off + 4].try_into().expect("4 bytes"),
+        ))
+    }
+
+    fn set(&self, off: usize) -> Result<()> {
+        let mut v = self.read()?;
+        v[off..off + 4].copy_from_slice(&1u32.to_ne_bytes());
+        map(&self.obj, "gate_map")?
+            .update(&0u32.to_ne_bytes(), &v, MapFlags::ANY)
+            .context("update gate_map")
+    }
+
+    /// The next handshake to complete will be held.
+    pub fn arm(&self) -> Result<()> {
+        self.set(GATE_ARMED)
+    }
+
+    /// Waits until an ACK is held in the filter.
+    pub fn wait_holding(&self) -> Result<()> {
+        if !wait_until(EVENT_TIMEOUT, || Ok(self.field(GATE_HOLDING)? == 1))? {
+            bail!("no handshake reached the gate within {EVENT_TIMEOUT:?}");
+        }
+        Ok(())
+    }
+
+    /// Lets the held handshake go on, and checks it was held exactly once and
+    /// released by us, not by the filter's own time limit.
+    pub fn release(&self) -> Result<()> {
+        self.set(GATE_RELEASE)?;
+        if !wait_until(EVENT_TIMEOUT, || Ok(self.field(GATE_HOLDING)? == 0))? {
+            bail!("the gate still holds the handshake {EVENT_TIMEOUT:?} after release");
+        }
+        let v = self.read()?;
+        let held = u64::from_ne_bytes(v[GATE_HELD..GATE_HELD + 8].try_into().expect("8 bytes"));
+        if held != 1 || self.field(GATE_TIMED_OUT)? != 0 {
+            bail!(
+                "gate: held {held} handshake(s), timed out: {} (want 1, 0)",
+                self.field(GATE_TIMED_OUT)?
+            );
+        }
+        Ok(())
     }
 }
 

@@ -157,6 +157,148 @@ impl TcpExt {
     }
 }
 
+/// Why a migration failed: the per-reason TcpExt counters the series adds
+/// next to `TCPMigrateReqFailure` (they partition it), and the `result=`
+/// name the `sock:reuseport_migrate` tracepoint gives each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    NoListener,
+    Disabled,
+    Bpf,
+    NoMem,
+    QueueFull,
+    TargetClosed,
+    Expired,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 7] = [
+        Reason::NoListener,
+        Reason::Disabled,
+        Reason::Bpf,
+        Reason::NoMem,
+        Reason::QueueFull,
+        Reason::TargetClosed,
+        Reason::Expired,
+    ];
+
+    pub fn counter(self) -> &'static str {
+        match self {
+            Reason::NoListener => "TCPMigrateReqFailNoListener",
+            Reason::Disabled => "TCPMigrateReqFailDisabled",
+            Reason::Bpf => "TCPMigrateReqFailBpf",
+            Reason::NoMem => "TCPMigrateReqFailNoMem",
+            Reason::QueueFull => "TCPMigrateReqFailQueueFull",
+            Reason::TargetClosed => "TCPMigrateReqFailTargetClosed",
+            Reason::Expired => "TCPMigrateReqFailExpired",
+        }
+    }
+
+    pub fn traced(self) -> &'static str {
+        match self {
+            Reason::NoListener => "no_listener",
+            Reason::Disabled => "disabled",
+            Reason::Bpf => "bpf",
+            Reason::NoMem => "nomem",
+            Reason::QueueFull => "queue_full",
+            Reason::TargetClosed => "target_closed",
+            Reason::Expired => "expired",
+        }
+    }
+}
+
+/// In [`Checks::reasons`]: this reason accounts for every failure.
+pub const ALL_FAILURES: u64 = u64::MAX;
+
+/// The tracepoint on the patched kernel; the base kernel has none.
+pub fn start_trace(kernel: Kernel, port: u16) -> Result<Option<Trace>> {
+    match kernel {
+        Kernel::Patched => Trace::start(port).map(Some),
+        Kernel::Base => Ok(None),
+    }
+}
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+const TRACE_EVENT: &str = "events/sock/reuseport_migrate";
+
+/// The `sock:reuseport_migrate` tracepoint, enabled through tracefs and
+/// filtered on one listening port. The trace buffer is global, which is
+/// fine: the suite runs one test at a time.
+pub struct Trace {
+    port: u16,
+}
+
+impl Trace {
+    /// Clears the trace buffer and starts recording migrations of sockets
+    /// leaving listeners on `port`.
+    pub fn start(port: u16) -> Result<Trace> {
+        let root = std::path::Path::new(TRACEFS);
+        if !root.join("events").exists() {
+            let src = std::ffi::CString::new("tracefs").expect("no NUL");
+            let dst = std::ffi::CString::new(TRACEFS).expect("no NUL");
+            // SAFETY: valid NUL-terminated strings, no mount data.
+            let rc = unsafe {
+                libc::mount(
+                    src.as_ptr(),
+                    dst.as_ptr(),
+                    src.as_ptr(),
+                    0,
+                    std::ptr::null(),
+                )
+            };
+            if rc != 0 {
+                return Err(io::Error::last_os_error()).context("mount tracefs");
+            }
+        }
+        let ev = root.join(TRACE_EVENT);
+        if !ev.exists() {
+            bail!("kernel has no tracepoint sock:reuseport_migrate ({TRACEFS}/{TRACE_EVENT})");
+        }
+        let t = Trace { port };
+        t.write(&format!("{TRACE_EVENT}/enable"), "0")?;
+        t.write(
+            &format!("{TRACE_EVENT}/filter"),
+            &format!("sport == {port}"),
+        )?;
+        t.write("trace", "")?;
+        t.write(&format!("{TRACE_EVENT}/enable"), "1")?;
+        Ok(t)
+    }
+
+    fn write(&self, file: &str, value: &str) -> Result<()> {
+        let path = format!("{TRACEFS}/{file}");
+        fs::write(&path, value).with_context(|| format!("write {value:?} to {path}"))
+    }
+
+    /// Events recorded so far, counted by `kind/result`.
+    pub fn counts(&self) -> Result<HashMap<String, u64>> {
+        let path = format!("{TRACEFS}/trace");
+        let text = fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+        let mut out = HashMap::new();
+        let port = format!("sport={}", self.port);
+        for line in text.lines().filter(|l| l.contains("reuseport_migrate:")) {
+            let field = |key: &str| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(key))
+                    .unwrap_or("?")
+                    .to_string()
+            };
+            if !line.split_whitespace().any(|w| w == port) {
+                continue;
+            }
+            let key = format!("{}/{}", field("kind="), field("result="));
+            *out.entry(key).or_insert(0) += 1;
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Trace {
+    fn drop(&mut self) {
+        let _ = self.write(&format!("{TRACE_EVENT}/enable"), "0");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Checks: collect every mismatch with its numbers, fail once at the end.
 
@@ -204,6 +346,83 @@ impl Checks {
             fail,
         );
         Ok(())
+    }
+
+    /// Why migrations failed since `start`; returns the counters it read.
+    ///
+    /// Patched kernel: each per-reason counter grew by what `fails` lists
+    /// (0 if absent; [`ALL_FAILURES`] for "as much as TCPMigrateReqFailure")
+    /// and together they grew as much as `TCPMigrateReqFailure`; `trace`
+    /// (started together with `start`) holds one `kind` event per success
+    /// and per failure, with the same reasons. The counters and the trace
+    /// are read until they agree on the number of attempts, so an attempt
+    /// landing between the two reads cannot make a mismatch.
+    /// Base kernel: the per-reason counters do not exist.
+    pub fn reasons(
+        &mut self,
+        kernel: Kernel,
+        start: &TcpExt,
+        trace: Option<&Trace>,
+        kind: &str,
+        fails: &[(Reason, u64)],
+    ) -> Result<TcpExt> {
+        if kernel == Kernel::Base {
+            let now = TcpExt::read()?;
+            for r in Reason::ALL {
+                self.eq(
+                    &format!("base kernel has {}", r.counter()),
+                    now.get(r.counter()).is_ok(),
+                    false,
+                );
+            }
+            return Ok(now);
+        }
+        let attempts = |t: &TcpExt| -> Result<u64> {
+            Ok(t.since(start, MIGRATE_OK)? + t.since(start, MIGRATE_FAIL)?)
+        };
+        let mut now = TcpExt::read()?;
+        let mut events = HashMap::new();
+        if let Some(trace) = trace {
+            wait_until(EVENT_TIMEOUT, || {
+                events = trace.counts()?;
+                now = TcpExt::read()?;
+                Ok(events.values().sum::<u64>() == attempts(&now)?)
+            })?;
+        }
+        let failed = now.since(start, MIGRATE_FAIL)?;
+        let want = |r: Reason| {
+            fails
+                .iter()
+                .filter(|(x, _)| *x == r)
+                .map(|(_, n)| if *n == ALL_FAILURES { failed } else { *n })
+                .sum::<u64>()
+        };
+        let mut sum = 0;
+        let mut want_events = Vec::new();
+        let ok = now.since(start, MIGRATE_OK)?;
+        if ok > 0 {
+            want_events.push(format!("{kind}/ok={ok}"));
+        }
+        for r in Reason::ALL {
+            let grew = now.since(start, r.counter())?;
+            sum += grew;
+            self.eq(r.counter(), grew, want(r));
+            if grew > 0 {
+                want_events.push(format!("{kind}/{}={grew}", r.traced()));
+            }
+        }
+        self.eq("per-reason failure counters summed", sum, failed);
+        if trace.is_some() {
+            let mut got: Vec<String> = events.iter().map(|(k, n)| format!("{k}={n}")).collect();
+            got.sort();
+            want_events.sort();
+            self.eq(
+                "sock:reuseport_migrate events (kind/result=count)",
+                got.join(" "),
+                want_events.join(" "),
+            );
+        }
+        Ok(now)
     }
 
     /// Fails now if anything so far mismatched: later steps would only
@@ -398,16 +617,23 @@ pub struct Accepted {
 
 impl Group {
     pub fn bind(family: Family, n: usize) -> Result<Group> {
+        // Every listener binds to the port by number, as servers do: a
+        // socket bound to port 0 gives its port up when it closes, one
+        // bound by number keeps it until it is freed, and only then can a
+        // handshake still complete on it after close().
+        let port = {
+            let probe = family.tcp_socket()?;
+            probe
+                .bind(&family.loopback(0).into())
+                .context("bind a probe socket to find a free port")?;
+            port_of(&probe.local_addr()?)
+        };
         let mut socks = Vec::with_capacity(n);
-        let mut port = 0;
         for i in 0..n {
             let s = family.tcp_socket()?;
             s.set_reuse_port(true)?;
             s.bind(&family.loopback(port).into())
                 .with_context(|| format!("bind L{i} to port {port}"))?;
-            if port == 0 {
-                port = port_of(&s.local_addr()?);
-            }
             socks.push(Some(s));
         }
         Ok(Group {

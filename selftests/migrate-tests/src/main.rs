@@ -56,14 +56,22 @@ const SCENARIOS: &[(&str, Scenario)] = &[
         scenarios::in_flight(f, Trigger::Timer)
     }),
     ("tfo", |f, _| scenarios::fastopen(f)),
-    ("sysctl_off_resets", |f, _| {
-        scenarios::lost_children(f, Lost::SysctlOff)
+    ("sysctl_off_resets", |f, k| {
+        scenarios::lost_children(f, k, Lost::SysctlOff)
     }),
-    ("no_target_resets", |f, _| {
-        scenarios::lost_children(f, Lost::NoTarget)
+    ("no_target_resets", |f, k| {
+        scenarios::lost_children(f, k, Lost::NoTarget)
     }),
     ("bpf_select", |f, _| scenarios::bpf_select(f)),
-    ("bpf_drop", |f, _| scenarios::bpf_drop(f)),
+    ("bpf_drop", scenarios::bpf_drop),
+    ("closed_during_ack", scenarios::closed_during_ack),
+    (
+        "target_closed_during_ack",
+        scenarios::target_closed_during_ack,
+    ),
+    ("disabled_after_close", scenarios::disabled_after_close),
+    ("expired_in_migration", scenarios::expired_in_migration),
+    ("bpf_to_full_target", scenarios::bpf_to_full_target),
     (
         "stalled_target_children",
         scenarios::stalled_target_children,

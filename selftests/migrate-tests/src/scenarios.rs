@@ -9,16 +9,17 @@
 //! the ones the test means to receive the migrated sockets.
 
 use std::ops::Range;
+use std::thread;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 
-use crate::bpf::{HoldAck, Migrate, Stat, Steer};
+use crate::bpf::{HashdanceGate, HoldAck, Migrate, Stat, Steer};
 use crate::harness::{
-    count_on, exchange, fates, read_sysctl, set_migrate_req, set_sysctl, tcp_state, wait_until,
-    write_sysctl, Accepted, Checks, Client, Deadline, Family, Group, Kernel, Stop, TcpExt,
-    EVENT_TIMEOUT, LISTEN_DROPS, LISTEN_OVERFLOWS, MIGRATE_FAIL, MIGRATE_OK, MIGRATE_REQ,
-    SYNACK_RETRANS, TCP_SYN_RECV, TFO_PASSIVE,
+    count_on, exchange, fates, read_sysctl, set_migrate_req, set_sysctl, start_trace, tcp_state,
+    wait_until, write_sysctl, Accepted, Checks, Client, Deadline, Family, Group, Kernel, Reason,
+    Stop, TcpExt, ALL_FAILURES, EVENT_TIMEOUT, LISTEN_DROPS, LISTEN_OVERFLOWS, MIGRATE_FAIL,
+    MIGRATE_OK, MIGRATE_REQ, SYNACK_RETRANS, TCP_SYN_RECV, TFO_PASSIVE,
 };
 
 /// The first SYN+ACK retransmit comes ~1 s after the SYN+ACK (kernel timer,
@@ -276,7 +277,7 @@ pub enum Lost {
 /// - NoTarget: it moves once per child. The closed listener stays in the
 ///   group (migration enabled), the kernel looks for a target, finds no
 ///   listening socket and counts a failure.
-pub fn lost_children(fam: Family, why: Lost) -> Result<()> {
+pub fn lost_children(fam: Family, kernel: Kernel, why: Lost) -> Result<()> {
     const N: usize = 4;
     set_migrate_req(why == Lost::NoTarget)?;
     let mut g = Group::bind(fam, 2)?;
@@ -293,6 +294,7 @@ pub fn lost_children(fam: Family, why: Lost) -> Result<()> {
     if why == Lost::SysctlOff {
         g.listen(1)?;
     }
+    let trace = start_trace(kernel, g.port)?;
     let start = TcpExt::read()?;
     g.stop(0, Stop::Close)?;
     let now = TcpExt::read()?;
@@ -302,6 +304,13 @@ pub fn lost_children(fam: Family, why: Lost) -> Result<()> {
         Lost::NoTarget => N,
     };
     ck.migrations("", &start, &now, 0, u(failures))?;
+    ck.reasons(
+        kernel,
+        &start,
+        trace.as_ref(),
+        "child",
+        &[(Reason::NoListener, u(failures))],
+    )?;
     ck.finish()
 }
 
@@ -403,7 +412,7 @@ pub fn bpf_select(fam: Family) -> Result<()> {
 
 /// A migrate program answering SK_DROP vetoes the move even with
 /// tcp_migrate_req=1: children are reset and each veto counts as a failure.
-pub fn bpf_drop(fam: Family) -> Result<()> {
+pub fn bpf_drop(fam: Family, kernel: Kernel) -> Result<()> {
     const N: usize = 4;
     set_migrate_req(true)?;
     let (mut g, steer) = steered_group(fam, 2)?;
@@ -416,16 +425,253 @@ pub fn bpf_drop(fam: Family) -> Result<()> {
     ck.gate("placement")?;
 
     steer.on_migrate(Migrate::Drop)?;
+    let trace = start_trace(kernel, g.port)?;
     let start = TcpExt::read()?;
     g.stop(0, Stop::Close)?;
     let now = TcpExt::read()?;
     expect_all_reset(&mut ck, &g, &clients, 1)?;
     ck.migrations("", &start, &now, 0, u(N))?;
+    ck.reasons(
+        kernel,
+        &start,
+        trace.as_ref(),
+        "child",
+        &[(Reason::Bpf, u(N))],
+    )?;
     let want = format!(
         "SynSelected={N} MigrateEstablished=0 MigrateSynRecv=0 MigrateReqAck=0 \
          MigrateReqTimer=0 MigrateDropped={N} SelectError=0"
     );
     ck.eq("program counters", steer_stats(&steer)?, want);
+    ck.finish()
+}
+
+// ---------------------------------------------------------------------------
+// A listener closing while a handshake completes, and why migrations fail.
+
+/// Whether `e` comes from ECONNRESET.
+fn is_reset(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(libc::ECONNRESET))
+    })
+}
+
+/// Joins a client thread, turning its panic into an error.
+fn join_client(h: thread::JoinHandle<Result<Client>>) -> Result<Client> {
+    h.join().map_err(|_| anyhow!("client thread panicked"))?
+}
+
+/// The final ACK of a handshake finds L0 listening and creates the child,
+/// then L0 closes before the child is queued on it (the hashdance gate
+/// holds the handshake in that window). Upstream resets the client
+/// although L1 listens; the series hands the child to L1.
+pub fn closed_during_ack(fam: Family, kernel: Kernel) -> Result<()> {
+    set_migrate_req(true)?;
+    let mut g = Group::bind(fam, 2)?;
+    let mut ck = Checks::new();
+    g.listen(0)?;
+    let gate = HashdanceGate::attach()?;
+    gate.arm()?;
+    let trace = start_trace(kernel, g.port)?;
+    let start = TcpExt::read()?;
+
+    // The server side of the final ACK runs on the thread that sends it
+    // (loopback), which the gate holds: connect from another thread.
+    let addr = g.addr();
+    let connecting = thread::spawn(move || Client::connect(fam, addr, 0));
+    gate.wait_holding()?;
+    g.listen(1)?;
+    g.stop(0, Stop::Close)?;
+    gate.release()?;
+    let connected = join_client(connecting);
+
+    match kernel {
+        Kernel::Patched => {
+            let mut clients = vec![connected?];
+            ck.eq("L1 queue after the held ACK", g.wait_queued(1, 1)?, 1);
+            ck.gate("held ACK")?;
+            clients[0].send_hello()?;
+            let acc = g.accept_all(1)?;
+            ck.eq("accepted from L1", count_on(&acc, 1), 1);
+            exchange(&clients, &acc)?.check_all_served(&mut ck, 1);
+        }
+        Kernel::Base => {
+            // The reset may beat connect() to the client's POLLOUT.
+            let fate = match connected {
+                Ok(c) => fates(&[c], Deadline::after(EVENT_TIMEOUT))?.to_string(),
+                Err(e) if is_reset(&e) => "reset during connect".into(),
+                Err(e) => return Err(e),
+            };
+            let reset = fate == "reset during connect" || fate.contains(" reset=1 ");
+            ck.eq(&format!("client reset ({fate})"), reset, true);
+            ck.eq("L1 queue after the held ACK", g.queued(1)?, 0);
+        }
+    }
+    let ok = u((kernel == Kernel::Patched).into());
+    let now = ck.reasons(kernel, &start, trace.as_ref(), "request", &[])?;
+    ck.migrations("", &start, &now, ok, 0)?;
+    ck.finish()
+}
+
+/// A request of the closed L0 migrates to L1 when its final ACK arrives,
+/// the child is created for L1, and L1 closes before the child is queued
+/// on it. No listener is left, so both kernels reset the client and count
+/// one failure; the series says why.
+pub fn target_closed_during_ack(fam: Family, kernel: Kernel) -> Result<()> {
+    set_migrate_req(true)?;
+    let mut g = Group::bind(fam, 2)?;
+    let mut ck = Checks::new();
+    g.listen(0)?;
+    let hold = HoldAck::attach(g.port)?;
+    let mut client = Client::connect(fam, g.addr(), 0)?;
+    wait_until(EVENT_TIMEOUT, || Ok(hold.dropped()? >= 1))?;
+    g.listen(1)?;
+    let gate = HashdanceGate::attach()?;
+    gate.arm()?;
+    let trace = start_trace(kernel, g.port)?;
+    let start = TcpExt::read()?;
+
+    g.stop(0, Stop::Close)?;
+    hold.release()?;
+    let sending = thread::spawn(move || client.send_hello().map(|()| client));
+    gate.wait_holding()?;
+    g.stop(1, Stop::Close)?;
+    gate.release()?;
+    let clients = [join_client(sending)?];
+    ck.eq(
+        "client fate",
+        fates(&clients, Deadline::after(EVENT_TIMEOUT))?.to_string(),
+        "data=0 reset=1 eof=0 silent=0 error=0".to_string(),
+    );
+    let now = ck.reasons(
+        kernel,
+        &start,
+        trace.as_ref(),
+        "request",
+        &[(Reason::TargetClosed, 1)],
+    )?;
+    ck.migrations("", &start, &now, 0, 1)?;
+    ck.finish()
+}
+
+/// Handshakes in flight when L0 closes, then tcp_migrate_req is set to 0
+/// before their final ACKs arrive: the requests find migration disabled
+/// (counted as such) and the clients are reset by L1, which has no request
+/// for them.
+pub fn disabled_after_close(fam: Family, kernel: Kernel) -> Result<()> {
+    const N: usize = 2;
+    set_migrate_req(true)?;
+    let mut g = Group::bind(fam, 2)?;
+    let mut ck = Checks::new();
+    g.listen(0)?;
+    let hold = HoldAck::attach(g.port)?;
+    let mut clients = (0..N)
+        .map(|id| Client::connect(fam, g.addr(), id))
+        .collect::<Result<Vec<_>>>()?;
+    wait_until(EVENT_TIMEOUT, || Ok(hold.dropped()? >= u(N)))?;
+    g.listen(1)?;
+    let trace = start_trace(kernel, g.port)?;
+    let start = TcpExt::read()?;
+
+    g.stop(0, Stop::Close)?;
+    set_migrate_req(false)?;
+    hold.release()?;
+    for c in &mut clients {
+        c.send_hello()?;
+    }
+    expect_all_reset(&mut ck, &g, &clients, 1)?;
+    let now = ck.reasons(
+        kernel,
+        &start,
+        trace.as_ref(),
+        "request",
+        &[(Reason::Disabled, u(N))],
+    )?;
+    ck.migrations("", &start, &now, 0, u(N))?;
+    ck.finish()
+}
+
+/// With tcp_synack_retries=0 the SYN+ACK timer of a request of the closed
+/// L0 migrates it to L1 and finds no retransmission left: the request
+/// expires during its migration.
+pub fn expired_in_migration(fam: Family, kernel: Kernel) -> Result<()> {
+    const N: usize = 2;
+    set_migrate_req(true)?;
+    set_sysctl("net.ipv4.tcp_synack_retries", "0")?;
+    let mut g = Group::bind(fam, 2)?;
+    let mut ck = Checks::new();
+    g.listen(0)?;
+    let hold = HoldAck::attach(g.port)?;
+    let _clients = (0..N)
+        .map(|id| Client::connect(fam, g.addr(), id))
+        .collect::<Result<Vec<_>>>()?;
+    wait_until(EVENT_TIMEOUT, || Ok(hold.dropped()? >= u(N)))?;
+    g.listen(1)?;
+    let trace = start_trace(kernel, g.port)?;
+    let start = TcpExt::read()?;
+
+    g.stop(0, Stop::Close)?;
+    wait_until(SYNACK_RTX_TIMEOUT, || {
+        Ok(TcpExt::read()?.since(&start, MIGRATE_FAIL)? >= u(N))
+    })?;
+    let now = ck.reasons(
+        kernel,
+        &start,
+        trace.as_ref(),
+        "request",
+        &[(Reason::Expired, u(N))],
+    )?;
+    ck.migrations("", &start, &now, 0, u(N))?;
+    ck.eq("L1 queue", g.queued(1)?, 0);
+    ck.finish()
+}
+
+/// The migrate program sends A's in-flight requests to B, whose accept
+/// queue is full: each final ACK fails on B's full queue (counted once per
+/// arriving ACK, retransmissions included).
+pub fn bpf_to_full_target(fam: Family, kernel: Kernel) -> Result<()> {
+    const N: usize = 2;
+    set_migrate_req(true)?;
+    let mut ck = Checks::new();
+    let mut s = Stalled::setup(fam, &mut ck)?;
+    ck.gate("setup")?;
+    let hold = HoldAck::attach(s.g.port)?;
+    let mut clients = (0..N)
+        .map(|id| Client::connect(fam, s.g.addr(), id))
+        .collect::<Result<Vec<_>>>()?;
+    wait_until(EVENT_TIMEOUT, || Ok(hold.dropped()? >= u(N)))?;
+    s.steer.on_migrate(Migrate::To(B as u32))?;
+    let trace = start_trace(kernel, s.g.port)?;
+    let start = TcpExt::read()?;
+
+    s.g.stop(A, Stop::Close)?;
+    hold.release()?;
+    for c in &mut clients {
+        c.send_hello()?;
+    }
+    wait_until(EVENT_TIMEOUT, || {
+        Ok(TcpExt::read()?.since(&start, MIGRATE_FAIL)? >= u(N))
+    })?;
+    let now = ck.reasons(
+        kernel,
+        &start,
+        trace.as_ref(),
+        "request",
+        &[(Reason::QueueFull, ALL_FAILURES)],
+    )?;
+    ck.ge(
+        "TCPMigrateReqFailure",
+        now.since(&start, MIGRATE_FAIL)?,
+        u(N),
+    );
+    ck.ge(
+        "ListenOverflows",
+        now.since(&start, LISTEN_OVERFLOWS)?,
+        u(N),
+    );
+    ck.eq("B queue (unchanged)", s.g.queued(B)?, B_FULL);
+    ck.eq("C queue", s.g.queued(C)?, 0);
     ck.finish()
 }
 

@@ -1,0 +1,82 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * kprobe on inet_csk_complete_hashdance() that holds, once, a completing
+ * handshake until userspace lets it go.
+ *
+ * When the final ACK of a handshake arrives, tcp_v4_rcv()/tcp_v6_rcv()
+ * check that the request's listener still listens, tcp_check_req() creates
+ * the child, and inet_csk_complete_hashdance() queues it on the listener,
+ * which may have been closed in between. Holding the softirq at the entry
+ * of inet_csk_complete_hashdance() keeps that window open, so a test can
+ * close a listener exactly there instead of hoping a restart storm hits it.
+ *
+ * Userspace arms the gate; the next call disarms it, sets "holding" and
+ * spins until "release" is set or MAX_HOLD_NS has passed ("timed_out").
+ */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#define MAX_HOLD_NS (5ULL * 1000 * 1000 * 1000)
+
+struct gate {
+	__u32 armed;
+	__u32 holding;
+	__u32 release;
+	__u32 timed_out;
+	__u64 held;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct gate);
+} gate_map SEC(".maps");
+
+struct hold {
+	struct gate *g;
+	__u64 deadline;
+};
+
+static long still_held(__u64 i, void *data)
+{
+	struct hold *h = data;
+
+	if (*(volatile __u32 *)&h->g->release)
+		return 1;
+	if (bpf_ktime_get_ns() > h->deadline) {
+		h->g->timed_out = 1;
+		return 1;
+	}
+	return 0;
+}
+
+SEC("kprobe/inet_csk_complete_hashdance")
+int hashdance_gate(void *ctx)
+{
+	struct hold h;
+	__u32 zero = 0;
+	struct gate *g;
+	int i;
+
+	g = bpf_map_lookup_elem(&gate_map, &zero);
+	if (!g || !*(volatile __u32 *)&g->armed)
+		return 0;
+
+	g->armed = 0;
+	g->held++;
+	g->holding = 1;
+	h.g = g;
+	h.deadline = bpf_ktime_get_ns() + MAX_HOLD_NS;
+	for (i = 0; i < 64; i++) {
+		bpf_loop(1 << 23, still_held, &h, 0);
+		if (*(volatile __u32 *)&g->release || g->timed_out)
+			break;
+	}
+	if (!*(volatile __u32 *)&g->release)
+		g->timed_out = 1;
+	g->holding = 0;
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";
