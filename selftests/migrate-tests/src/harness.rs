@@ -18,6 +18,15 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
+/// Prefix of a line a test prints to report what it measured; the runner
+/// appends it to the test's `ok` line.
+pub const NOTE: &str = "NOTE ";
+
+/// Reports a measured fact alongside the verdict.
+pub fn note(msg: &str) {
+    println!("{NOTE}{msg}");
+}
+
 /// Upper bound for one awaited event (a queue filling, a reply arriving).
 /// Generous on purpose: under TCG the guest is 10-50x slower than a host,
 /// and a passing test never waits this long.

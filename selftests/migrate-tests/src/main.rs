@@ -154,7 +154,8 @@ fn run_child(name: &str, kernel: Kernel) -> ExitCode {
 }
 
 enum Verdict {
-    Pass,
+    /// passed, with the notes the test printed (`harness::note`)
+    Pass(String),
     Skip(String),
     Fail(String),
 }
@@ -208,7 +209,12 @@ fn run_in_child(name: &str, kernel: Kernel) -> Result<Verdict> {
         .lines()
         .find(|l| l.starts_with(PASS) || l.starts_with(SKIP) || l.starts_with(FAIL));
     Ok(match line {
-        Some(l) if l == PASS && status.success() => Verdict::Pass,
+        Some(l) if l == PASS && status.success() => Verdict::Pass(
+            out.lines()
+                .filter_map(|l| l.strip_prefix(harness::NOTE))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
         Some(l) if l.starts_with(SKIP) => Verdict::Skip(l[SKIP.len()..].to_string()),
         Some(l) if l.starts_with(FAIL) => {
             let mut why = l[FAIL.len()..].to_string();
@@ -250,9 +256,13 @@ fn main() -> ExitCode {
         let verdict =
             run_in_child(&t.name, cli.kernel).unwrap_or_else(|e| Verdict::Fail(format!("{e:#}")));
         match verdict {
-            Verdict::Pass => {
+            Verdict::Pass(notes) if notes.is_empty() => {
                 passed += 1;
                 println!("ok {}", t.name);
+            }
+            Verdict::Pass(notes) => {
+                passed += 1;
+                println!("ok {} # {notes}", t.name);
             }
             Verdict::Skip(why) => {
                 skipped += 1;

@@ -16,10 +16,10 @@ use anyhow::{anyhow, Context, Result};
 
 use crate::bpf::{HashdanceGate, HoldAck, Migrate, Stat, Steer};
 use crate::harness::{
-    count_on, exchange, fates, read_sysctl, set_migrate_req, set_sysctl, start_trace, tcp_state,
-    wait_until, write_sysctl, Accepted, Checks, Client, Deadline, Family, Group, Kernel, Reason,
-    Stop, TcpExt, ALL_FAILURES, EVENT_TIMEOUT, LISTEN_DROPS, LISTEN_OVERFLOWS, MIGRATE_FAIL,
-    MIGRATE_OK, MIGRATE_REQ, SYNACK_RETRANS, TCP_SYN_RECV, TFO_PASSIVE,
+    count_on, exchange, fates, note, read_sysctl, set_migrate_req, set_sysctl, start_trace,
+    tcp_state, wait_until, write_sysctl, Accepted, Checks, Client, Deadline, Family, Group, Kernel,
+    Reason, Stop, TcpExt, ALL_FAILURES, EVENT_TIMEOUT, LISTEN_DROPS, LISTEN_OVERFLOWS,
+    MIGRATE_FAIL, MIGRATE_OK, MIGRATE_REQ, SYNACK_RETRANS, TCP_SYN_RECV, TFO_PASSIVE,
 };
 
 /// The first SYN+ACK retransmit comes ~1 s after the SYN+ACK (kernel timer,
@@ -495,6 +495,7 @@ pub fn closed_during_ack(fam: Family, kernel: Kernel) -> Result<()> {
             let acc = g.accept_all(1)?;
             ck.eq("accepted from L1", count_on(&acc, 1), 1);
             exchange(&clients, &acc)?.check_all_served(&mut ck, 1);
+            note("the child went to L1 and was served");
         }
         Kernel::Base => {
             // The reset may beat connect() to the client's POLLOUT.
@@ -505,6 +506,7 @@ pub fn closed_during_ack(fam: Family, kernel: Kernel) -> Result<()> {
             };
             let reset = fate == "reset during connect" || fate.contains(" reset=1 ");
             ck.eq(&format!("client reset ({fate})"), reset, true);
+            note(&format!("the client was reset ({fate})"));
             ck.eq("L1 queue after the held ACK", g.queued(1)?, 0);
         }
     }
@@ -831,6 +833,9 @@ pub fn stalled_target_children(fam: Family, kernel: Kernel) -> Result<()> {
     s.close_a()?;
     let now = TcpExt::read()?;
     let (on_b, on_c) = (s.g.queued(B)?.saturating_sub(B_FULL), s.g.queued(C)?);
+    note(&format!(
+        "A's {K} children: {on_b} onto the stalled B (never served), {on_c} onto C"
+    ));
     ck.migrations("", &start, &now, u(K), 0)?;
     // Queueing a migrated child never counts an overflow, full queue or not.
     ck.eq("ListenOverflows", now.since(&start, LISTEN_OVERFLOWS)?, 0);
@@ -910,6 +915,9 @@ pub fn stalled_target_reqsk_ack(fam: Family, kernel: Kernel) -> Result<()> {
     let now = TcpExt::read()?;
     let on_c = s.g.queued(C)? as usize;
     let lost = K.saturating_sub(on_c);
+    note(&format!(
+        "A's {K} handshakes: {on_c} completed on C, {lost} lost on the full B"
+    ));
     ck.eq(
         "TCPSynRetrans since close (the ACK path did the moves)",
         now.since(&closed, SYNACK_RETRANS)?,
