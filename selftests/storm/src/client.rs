@@ -30,26 +30,46 @@ pub enum Fate {
     Other(String),
 }
 
+/// Most connect latencies kept per thread (for the percentiles).
+const MAX_SAMPLES: usize = 1 << 20;
+
+/// The counts of a load: every attempt in exactly one class.
 #[derive(Clone, Debug, Default)]
 pub struct Tally {
+    /// Attempts started (and ended).
     pub attempted: u64,
+    /// See [`Fate::Served`].
     pub served: u64,
+    /// See [`Fate::Reset`].
     pub reset: u64,
+    /// See [`Fate::Refused`].
     pub refused: u64,
+    /// See [`Fate::Timeout`].
     pub timeout: u64,
+    /// See [`Fate::Other`].
     pub other: u64,
     /// Every lost attempt by class, stage and error, e.g.
     /// "reset read: ECONNRESET" → count.
     pub causes: BTreeMap<String, u64>,
+    /// The longest attempt.
     pub max_latency: Duration,
     /// Client threads that panicked (their counts are lost).
     pub panics: u64,
+    /// connect() times of the attempts whose connect succeeded, in µs
+    /// (at most `MAX_SAMPLES` per thread; unsorted).
+    pub connect_us: Vec<u32>,
 }
 
 impl Tally {
-    fn record(&mut self, fate: Fate, took: Duration) {
+    fn record(&mut self, fate: Fate, took: Duration, connect: Option<Duration>) {
         self.attempted += 1;
         self.max_latency = self.max_latency.max(took);
+        if let Some(c) = connect {
+            if self.connect_us.len() < MAX_SAMPLES {
+                self.connect_us
+                    .push(u32::try_from(c.as_micros()).unwrap_or(u32::MAX));
+            }
+        }
         let (class, what) = match fate {
             Fate::Served => {
                 self.served += 1;
@@ -64,6 +84,7 @@ impl Tally {
         *self.causes.entry(what).or_default() += 1;
     }
 
+    /// Add the counts of `o` to these.
     pub fn merge(&mut self, o: Tally) {
         self.attempted += o.attempted;
         self.served += o.served;
@@ -76,6 +97,19 @@ impl Tally {
         }
         self.max_latency = self.max_latency.max(o.max_latency);
         self.panics += o.panics;
+        self.connect_us.extend_from_slice(&o.connect_us);
+    }
+
+    /// The `q`-quantile (0.0..=1.0) of the connect times in µs, nearest
+    /// rank; None without samples.
+    pub fn connect_quantile_us(&self, q: f64) -> Option<u32> {
+        if self.connect_us.is_empty() {
+            return None;
+        }
+        let mut v = self.connect_us.clone();
+        v.sort_unstable();
+        let rank = (q.clamp(0.0, 1.0) * v.len() as f64).ceil() as usize;
+        Some(v[rank.saturating_sub(1).min(v.len() - 1)])
     }
 }
 
@@ -99,15 +133,22 @@ fn classify(e: &io::Error, during: &str) -> Fate {
     }
 }
 
-/// One attempt against `addr`.
-pub fn attempt(addr: &SockAddr, domain: Domain, timeout: Duration) -> Fate {
+/// One attempt against `addr`, and how long its connect() took if it
+/// succeeded.
+pub fn attempt(addr: &SockAddr, domain: Domain, timeout: Duration) -> (Fate, Option<Duration>) {
     let sock = match Socket::new(domain, Type::STREAM, None) {
         Ok(s) => s,
-        Err(e) => return Fate::Other(format!("socket: {e}")),
+        Err(e) => return (Fate::Other(format!("socket: {e}")), None),
     };
+    let t0 = Instant::now();
     if let Err(e) = sock.connect_timeout(addr, timeout) {
-        return classify(&e, "connect");
+        return (classify(&e, "connect"), None);
     }
+    (exchange(sock, timeout), Some(t0.elapsed()))
+}
+
+/// Request and response on a connected socket.
+fn exchange(sock: Socket, timeout: Duration) -> Fate {
     let deadline = Instant::now() + timeout;
     let mut stream: TcpStream = sock.into();
     if let Err(e) = stream.set_write_timeout(Some(timeout)) {
@@ -171,7 +212,17 @@ pub struct Load {
 
 impl Load {
     /// Start `clients` threads that run until `end` (or until stopped).
-    pub fn start(clients: u32, addr: SocketAddr, timeout: Duration, end: Instant) -> Result<Load> {
+    /// With `rate` > 0 the threads together start `rate` attempts per
+    /// second (each thread on its own fixed schedule; a thread that falls
+    /// behind skips the slots it missed, so the achieved rate shows it);
+    /// with 0 each thread starts its next attempt when the last one ends.
+    pub fn start(
+        clients: u32,
+        addr: SocketAddr,
+        timeout: Duration,
+        end: Instant,
+        rate: u32,
+    ) -> Result<Load> {
         let stop = Arc::new(AtomicBool::new(false));
         let domain = Domain::for_address(addr);
         let mut load = Load {
@@ -185,10 +236,26 @@ impl Load {
                 .name(format!("client{i}"))
                 .spawn(move || {
                     let mut tally = Tally::default();
+                    let every = (rate > 0)
+                        .then(|| Duration::from_secs_f64(f64::from(clients) / f64::from(rate)));
+                    let mut next = Instant::now() + every.unwrap_or_default() * i / clients;
                     while !stop.load(Ordering::Relaxed) && Instant::now() < end {
+                        if let Some(every) = every {
+                            let now = Instant::now();
+                            if next > now {
+                                std::thread::sleep(
+                                    (next - now).min(end.saturating_duration_since(now)),
+                                );
+                                continue;
+                            }
+                            next += every;
+                            if next + every < now {
+                                next = now + every;
+                            }
+                        }
                         let t0 = Instant::now();
-                        let fate = attempt(&sa, domain, timeout);
-                        tally.record(fate, t0.elapsed());
+                        let (fate, connect) = attempt(&sa, domain, timeout);
+                        tally.record(fate, t0.elapsed(), connect);
                     }
                     tally
                 });

@@ -45,9 +45,11 @@ fn loopback_up() -> Result<()> {
     Ok(())
 }
 
+/// Why [`set_migrate_req`] failed.
 pub enum SysctlError {
     /// The kernel has no tcp_migrate_req.
     Missing,
+    /// Anything else, e.g. the value rejected with EINVAL.
     Other(anyhow::Error),
 }
 
@@ -58,12 +60,19 @@ pub fn set_migrate_req(mode: SysctlMode) -> Result<Option<u32>, SysctlError> {
     let value = match mode {
         SysctlMode::Off => Some("0"),
         SysctlMode::On => Some("1"),
+        SysctlMode::LoadAware => Some("2"),
         SysctlMode::Keep => None,
     };
     if let Some(v) = value {
         match fs::write(MIGRATE_REQ, v) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::NotFound => return Err(SysctlError::Missing),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                return Err(SysctlError::Other(anyhow!(
+                    "this kernel rejects tcp_migrate_req={v} with EINVAL ({MIGRATE_REQ}); \
+                     2 (load-aware) exists only on the patched kernel"
+                )))
+            }
             Err(e) => {
                 return Err(SysctlError::Other(
                     anyhow!(e).context(format!("cannot write {v} to {MIGRATE_REQ}")),

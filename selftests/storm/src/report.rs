@@ -10,28 +10,43 @@ use serde::Serialize;
 use crate::client::Tally;
 use crate::RunArgs;
 
+/// What `storm check` expects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Expect {
+    /// Nothing lost.
     Lossless,
+    /// At least one attempt lost.
     Loss,
 }
 
+/// Everything one storm measured.
 pub struct Outcome {
+    /// The parameters it ran with.
     pub args: RunArgs,
     /// tcp_migrate_req in force during the run (None: the kernel lacks it).
     pub migrate_req: Option<u32>,
+    /// The clients' counts.
     pub tally: Tally,
+    /// Listener closes done as planned (restarts, retirements).
     pub restarts: u64,
+    /// Planned restarts whose new worker did not start.
     pub restart_failures: u64,
     /// Connections the workers say they served (includes any whose client
     /// had already given up).
     pub worker_served: u64,
+    /// Connections a worker failed to serve (its side).
     pub worker_errors: u64,
+    /// TcpExt deltas over the run (None: the kernel lacks the counter).
     pub migrate_success: Option<u64>,
+    /// See `migrate_success`.
     pub migrate_failure: Option<u64>,
+    /// See `migrate_success`.
     pub listen_overflows: Option<u64>,
+    /// See `migrate_success`.
     pub listen_drops: Option<u64>,
+    /// Length of the load phase, in-flight attempts included.
     pub load_elapsed: Duration,
+    /// Length of the whole run.
     pub elapsed: Duration,
     /// Supervisor problems (a worker that would not start, stop, or exit).
     pub errors: Vec<String>,
@@ -45,6 +60,13 @@ struct Json<'a> {
     workers: u32,
     clients: u32,
     order: &'a str,
+    pattern: &'a str,
+    gap_ms: u64,
+    rate: u32,
+    achieved_rate: f64,
+    connect_p50_us: Option<u32>,
+    connect_p99_us: Option<u32>,
+    backlog: i32,
     duration_ms: u64,
     restart_every_ms: u64,
     work_ms: u64,
@@ -82,6 +104,17 @@ impl Outcome {
         t.reset + t.refused + t.timeout + t.other
     }
 
+    /// Attempts per second of the load phase.
+    pub fn achieved_rate(&self) -> f64 {
+        let secs = self.load_elapsed.as_secs_f64();
+        if secs > 0.0 {
+            self.tally.attempted as f64 / secs
+        } else {
+            0.0
+        }
+    }
+
+    /// attempted == served + reset + refused + timeout + other.
     pub fn check_invariant(&self) -> Result<()> {
         let t = &self.tally;
         let sum = t.served + t.reset + t.refused + t.timeout + t.other;
@@ -110,11 +143,12 @@ impl Outcome {
         )
     }
 
+    /// One line with the counts and the parameters.
     pub fn summary_line(&self) -> String {
         let a = &self.args;
         format!(
-            "storm: {} | sysctl={} family={} workers={} clients={} order={} duration_ms={} \
-             restart_every_ms={} work_ms={} restart_failures={} listen_overflows={} \
+            "storm: {} | sysctl={} family={} workers={} clients={} pattern={} order={} \
+             duration_ms={} restart_every_ms={} work_ms={} restart_failures={} listen_overflows={} \
              worker_served={} max_latency_ms={} elapsed_ms={}",
             self.counts(),
             self.migrate_req
@@ -122,6 +156,7 @@ impl Outcome {
             a.family.as_num(),
             a.workers,
             a.clients,
+            a.pattern.as_str(),
             a.order.as_str(),
             a.duration_ms,
             a.restart_every_ms,
@@ -134,6 +169,7 @@ impl Outcome {
         )
     }
 
+    /// Write the outcome as one JSON object to `path`.
     pub fn write_json(&self, path: &Path) -> Result<()> {
         let a = &self.args;
         let t = &self.tally;
@@ -144,6 +180,13 @@ impl Outcome {
             workers: a.workers,
             clients: a.clients,
             order: a.order.as_str(),
+            pattern: a.pattern.as_str(),
+            gap_ms: a.gap_ms,
+            rate: a.rate,
+            achieved_rate: self.achieved_rate(),
+            connect_p50_us: t.connect_quantile_us(0.50),
+            connect_p99_us: t.connect_quantile_us(0.99),
+            backlog: a.backlog,
             duration_ms: a.duration_ms,
             restart_every_ms: a.restart_every_ms,
             work_ms: a.work_ms,

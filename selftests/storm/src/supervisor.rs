@@ -14,9 +14,11 @@ use nix::sys::signal::Signal;
 
 use crate::client::Load;
 use crate::report::Outcome;
-use crate::{netns, Order, RunArgs};
+use crate::{netns, Order, Pattern, RunArgs};
 
 const TICK: Duration = Duration::from_millis(10);
+/// The load lasts at most this many times `--duration-ms`.
+const LOAD_CAP_FACTOR: u64 = 10;
 
 /// One worker process and its two pipes.
 struct Proc {
@@ -123,7 +125,17 @@ impl Proc {
         }
     }
 
-    /// Ask the worker to stop: a byte, then EOF, on its control pipe.
+    /// Ask the worker to stop accepting but keep its listener open.
+    fn request_hold(&mut self) -> Result<()> {
+        match self.ctl.as_mut() {
+            Some(c) => c
+                .write_all(b"hold\n")
+                .with_context(|| format!("cannot tell worker {} to hold", self.id)),
+            None => anyhow::bail!("worker {} is already stopping", self.id),
+        }
+    }
+
+    /// Ask the worker to stop: a line, then EOF, on its control pipe.
     fn request_stop(&mut self) {
         if let Some(mut c) = self.ctl.take() {
             let _ = c.write_all(b"stop\n");
@@ -291,6 +303,42 @@ impl<'a> Pool<'a> {
         }
     }
 
+    /// Scale down: stop the worker of the last slot, and drop the slot.
+    fn retire_last(&mut self) {
+        if let Some(Some(p)) = self.live.pop() {
+            let id = p.id;
+            self.stop_worker(p);
+            self.restarts += 1;
+            self.log(&format!("worker {id} closed, {} left", self.live.len()));
+        }
+    }
+
+    /// Stop every worker (all listeners closed), wait `gap`, start N new.
+    fn stop_all_then_start(&mut self, gap: Duration) {
+        let mut procs: Vec<Proc> = self.live.iter_mut().filter_map(Option::take).collect();
+        for p in &mut procs {
+            p.request_stop();
+        }
+        for p in procs {
+            self.stop_worker(p);
+        }
+        self.log("all listeners closed");
+        std::thread::sleep(gap);
+        for slot in 0..self.live.len() {
+            match self.start_worker() {
+                Ok(p) => {
+                    self.live[slot] = Some(p);
+                    self.restarts += 1;
+                }
+                Err(e) => {
+                    self.errors.push(format!("restart of slot {slot}: {e:#}"));
+                    self.restart_failures += 1;
+                }
+            }
+        }
+        self.log("all workers listening again");
+    }
+
     /// Reap retired workers and kill those past their grace period; notice
     /// live workers that died on their own and replace them.
     fn housekeeping(&mut self) {
@@ -373,8 +421,15 @@ impl<'a> Pool<'a> {
     }
 }
 
-/// The whole storm, run in the current (private) namespace.
+/// The whole storm, run in the current (private) namespace, whose
+/// `tcp_migrate_req` is `migrate_req` (as set by [`netns::set_migrate_req`]).
 pub fn run_storm(a: &RunArgs, migrate_req: Option<u32>) -> Result<Outcome> {
+    if a.pattern == Pattern::Stalled {
+        anyhow::ensure!(
+            a.workers >= 2,
+            "--pattern stalled needs --workers 2 or more (one holds, the others restart)"
+        );
+    }
     let t0 = Instant::now();
     let before = netns::tcp_ext()?;
     let mut pool = Pool::new(a, t0)?;
@@ -392,7 +447,10 @@ pub fn run_storm(a: &RunArgs, migrate_req: Option<u32>) -> Result<Outcome> {
     let timeout = Duration::from_millis(a.timeout_ms);
     let load_start = Instant::now();
     let end = load_start + Duration::from_millis(a.duration_ms);
-    let mut load = match Load::start(a.clients, a.family.addr(a.port), timeout, end) {
+    // A finite plan (every restart of it) is carried out even if it takes
+    // longer than the duration (slow worker starts), up to this bound.
+    let cap = load_start + Duration::from_millis(a.duration_ms.saturating_mul(LOAD_CAP_FACTOR));
+    let mut load = match Load::start(a.clients, a.family.addr(a.port), timeout, cap, a.rate) {
         Ok(l) => l,
         Err(e) => {
             pool.shutdown();
@@ -403,19 +461,59 @@ pub fn run_storm(a: &RunArgs, migrate_req: Option<u32>) -> Result<Outcome> {
     let every = Duration::from_millis(a.restart_every_ms);
     let mut next = load_start + every;
     let mut slot = 0;
+    let mut events = 0u64;
+    let mut plan_done = every.is_zero();
+    if a.pattern == Pattern::Stalled {
+        slot = 1;
+        match pool.live[0].as_mut().map(|p| (p.id, p.request_hold())) {
+            Some((id, Ok(()))) => pool.log(&format!("worker {id} holds (stops accepting)")),
+            Some((_, Err(e))) => pool.errors.push(format!("{e:#}")),
+            None => {}
+        }
+    }
+    let endless = a.pattern == Pattern::Rolling && a.restarts == 0;
     loop {
         let now = Instant::now();
-        if now >= end {
+        if now >= cap || (now >= end && (plan_done || endless)) {
+            if !plan_done && !endless {
+                pool.errors.push(format!(
+                    "restart plan not done after {} ms ({events} steps): load stopped",
+                    cap.duration_since(load_start).as_millis()
+                ));
+            }
             break;
         }
-        if !every.is_zero() && now >= next {
-            pool.restart(slot);
-            slot = (slot + 1) % pool.live.len();
+        if !plan_done && now >= next {
+            events += 1;
+            match a.pattern {
+                Pattern::Rolling => {
+                    pool.restart(slot);
+                    slot = (slot + 1) % pool.live.len();
+                    plan_done = a.restarts > 0 && events >= a.restarts;
+                }
+                Pattern::Stalled => {
+                    pool.restart(slot);
+                    slot += 1;
+                    plan_done = slot >= pool.live.len();
+                }
+                Pattern::ScaleDown => {
+                    pool.retire_last();
+                    plan_done = pool.live.len() <= (a.workers as usize / 2).max(1);
+                }
+                Pattern::StopStart => {
+                    pool.stop_all_then_start(Duration::from_millis(a.gap_ms));
+                    plan_done = true;
+                }
+            }
             next = (next + every).max(Instant::now());
             continue;
         }
         pool.housekeeping();
-        let until = if every.is_zero() { end } else { next.min(end) };
+        let until = if plan_done {
+            end.max(now + TICK)
+        } else {
+            next.min(cap)
+        };
         std::thread::sleep(until.saturating_duration_since(Instant::now()).min(TICK));
     }
     let tally = load.finish();

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 //! One server worker process.
 //!
-//! Protocol with the supervisor: stdin is the control pipe (a byte or EOF
-//! means "stop"); stdout carries one line per event: `ready` once the
+//! Protocol with the supervisor: stdin is the control pipe (`hold\n`
+//! means "stop accepting, keep the listener open" (a stalled server whose
+//! accept queue fills up); `stop\n` or EOF means "stop"); stdout carries one line per event: `ready` once the
 //! listener is listening, `closed` once it has been close()d, and
 //! `exit served=N errors=M` last.
 //!
@@ -26,26 +27,36 @@ use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::Family;
 
+/// What a client sends.
 pub const REQUEST: &[u8] = b"GET storm\n";
+/// How a worker's answer starts.
 pub const RESPONSE_PREFIX: &[u8] = b"OK worker=";
 const MAX_REQUEST: usize = 256;
 
+/// The worker's command line (set by the supervisor).
 #[derive(Args, Clone, Debug)]
 pub struct WorkerArgs {
+    /// Number of this worker, in its answers and messages.
     #[arg(long)]
     pub id: u64,
+    /// Family of the listener.
     #[arg(long, value_enum)]
     pub family: Family,
+    /// Port of the group.
     #[arg(long)]
     pub port: u16,
+    /// listen() backlog.
     #[arg(long)]
     pub backlog: i32,
+    /// Time spent per request.
     #[arg(long)]
     pub work_ms: u64,
+    /// Per-connection I/O timeout.
     #[arg(long)]
     pub timeout_ms: u64,
 }
 
+/// A bound, listening SO_REUSEPORT socket on the loopback `port`.
 pub fn listener(family: Family, port: u16, backlog: i32) -> Result<Socket> {
     let domain = match family {
         Family::V4 => Domain::IPV4,
@@ -70,6 +81,7 @@ fn say(out: &mut impl Write, line: &str) -> Result<()> {
     Ok(())
 }
 
+/// The worker's main loop (the `worker` subcommand).
 pub fn run(a: &WorkerArgs) -> Result<()> {
     let timeout = Duration::from_millis(a.timeout_ms);
     let work = Duration::from_millis(a.work_ms);
@@ -81,22 +93,35 @@ pub fn run(a: &WorkerArgs) -> Result<()> {
     let stdin = io::stdin();
     let ctl = stdin.as_fd();
     let (mut served, mut errors) = (0u64, 0u64);
+    let mut held = false;
     loop {
-        let (stop, readable) = {
+        let (control, readable) = {
             let mut fds = [
                 PollFd::new(ctl, PollFlags::POLLIN),
                 PollFd::new(lsock.as_fd(), PollFlags::POLLIN),
             ];
-            match poll(&mut fds, PollTimeout::NONE) {
+            // A held worker watches only its control pipe.
+            let n = if held { 1 } else { 2 };
+            match poll(&mut fds[..n], PollTimeout::NONE) {
                 Ok(_) => {}
                 Err(Errno::EINTR) => continue,
                 Err(e) => bail!("poll: {e}"),
             }
             let ev = |i: usize| fds[i].revents().unwrap_or(PollFlags::empty());
-            (!ev(0).is_empty(), !ev(1).is_empty())
+            (!ev(0).is_empty(), n == 2 && !ev(1).is_empty())
         };
-        // The stop request wins over a pending connection.
-        if stop {
+        // A control message wins over a pending connection.
+        if control {
+            let mut msg = [0u8; 64];
+            let n = match io::stdin().lock().read(&mut msg) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => 0,
+            };
+            if n > 0 && !msg[..n].contains(&b's') {
+                held = true;
+                continue;
+            }
             break;
         }
         if !readable {
