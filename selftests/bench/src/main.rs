@@ -72,6 +72,9 @@ struct Cli {
         default_value = "children,handshakes"
     )]
     kinds: Vec<Kind>,
+    /// Measurements per kind and K; the sample reported is the median one.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=50))]
+    repeat: u32,
     /// Write the JSON array here instead of stdout.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -91,6 +94,9 @@ struct Sample {
     /// The measured time divided by K: close_ns (children) or drain_ns
     /// (handshakes).
     per_conn_ns: f64,
+    /// per_conn_ns of every repetition (`--repeat`); this sample is the
+    /// median one.
+    per_conn_ns_all: Vec<f64>,
     /// Connections B accepted after A closed.
     accepted_on_b: u32,
     migrate_req_success: Option<u64>,
@@ -114,12 +120,16 @@ fn run(cli: &Cli) -> Result<()> {
     let mut samples = Vec::new();
     for &kind in &cli.kinds {
         for &k in &cli.k {
-            let s = measure(cli, kind, k).with_context(|| {
-                format!(
-                    "{kind:?} with K={k}, tcp_migrate_req={}",
-                    cli.sysctl.as_str()
-                )
-            })?;
+            let mut reps = Vec::new();
+            for _ in 0..cli.repeat {
+                reps.push(measure(cli, kind, k).with_context(|| {
+                    format!(
+                        "{kind:?} with K={k}, tcp_migrate_req={}",
+                        cli.sysctl.as_str()
+                    )
+                })?);
+            }
+            let s = median_sample(reps);
             eprintln!(
                 "migrate-cost: {kind:?} K={k} sysctl={}: close {} µs, {:.0} ns per connection, {} on B",
                 cli.sysctl.as_str(),
@@ -170,6 +180,15 @@ fn fresh_namespace(cli: &Cli, k: u32) -> Result<Option<u32>> {
         }
         Err(netns::SysctlError::Other(e)) => Err(e),
     }
+}
+
+/// The repetition with the median per-connection time, carrying all of them.
+fn median_sample(mut reps: Vec<Sample>) -> Sample {
+    reps.sort_by(|a, b| a.per_conn_ns.total_cmp(&b.per_conn_ns));
+    let all: Vec<f64> = reps.iter().map(|r| r.per_conn_ns).collect();
+    let mut s = reps.swap_remove(reps.len() / 2);
+    s.per_conn_ns_all = all;
+    s
 }
 
 fn measure(cli: &Cli, kind: Kind, k: u32) -> Result<Sample> {
@@ -248,6 +267,7 @@ fn measure(cli: &Cli, kind: Kind, k: u32) -> Result<Sample> {
         close_ns,
         drain_ns,
         per_conn_ns: measured as f64 / f64::from(k),
+        per_conn_ns_all: Vec::new(),
         accepted_on_b,
         migrate_req_success: delta("TCPMigrateReqSuccess"),
         migrate_req_failure: delta("TCPMigrateReqFailure"),
