@@ -434,6 +434,22 @@ impl Checks {
         Ok(now)
     }
 
+    /// Exactly `n` migrations since `start`, all failed for `why` (see
+    /// [`Checks::reasons`]); returns the counters it read.
+    pub fn all_failed(
+        &mut self,
+        kernel: Kernel,
+        start: &TcpExt,
+        trace: Option<&Trace>,
+        kind: &str,
+        why: Reason,
+        n: u64,
+    ) -> Result<TcpExt> {
+        let now = self.reasons(kernel, start, trace, kind, &[(why, n)])?;
+        self.migrations("", start, &now, 0, n)?;
+        Ok(now)
+    }
+
     /// Fails now if anything so far mismatched: later steps would only
     /// produce follow-up noise.
     pub fn gate(&mut self, stage: &str) -> Result<()> {
