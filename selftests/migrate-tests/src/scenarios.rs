@@ -602,11 +602,11 @@ pub fn disabled_after_close(fam: Family, kernel: Kernel) -> Result<()> {
 
 /// With tcp_synack_retries=0 the SYN+ACK timer of a request of the closed
 /// L0 migrates it to L1 and finds no retransmission left: the request
-/// expires during its migration.
+/// expires during its migration. (The timer reads the sysctl when it fires,
+/// so setting it after the close cannot expire a request still on L0.)
 pub fn expired_in_migration(fam: Family, kernel: Kernel) -> Result<()> {
     const N: usize = 2;
     set_migrate_req(true)?;
-    set_sysctl("net.ipv4.tcp_synack_retries", "0")?;
     let mut g = Group::bind(fam, 2)?;
     let mut ck = Checks::new();
     g.listen(0)?;
@@ -616,6 +616,7 @@ pub fn expired_in_migration(fam: Family, kernel: Kernel) -> Result<()> {
     let start = TcpExt::read()?;
 
     g.stop(0, Stop::Close)?;
+    set_sysctl("net.ipv4.tcp_synack_retries", "0")?;
     wait_until(SYNACK_RTX_TIMEOUT, || {
         Ok(TcpExt::read()?.since(&start, MIGRATE_FAIL)? >= u(N))
     })?;
