@@ -71,6 +71,19 @@ fn set_link_up(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Pins the calling thread to CPU `cpu` (sched_setaffinity on thread 0).
+pub fn pin_to_cpu(cpu: usize) -> Result<()> {
+    // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { mem::zeroed() };
+    // SAFETY: `set` is a valid cpu_set_t and CPU_SETSIZE bounds `cpu`.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: pid 0 is the calling thread; `set` outlives the call.
+    if unsafe { libc::sched_setaffinity(0, mem::size_of_val(&set), &set) } != 0 {
+        return Err(io::Error::last_os_error()).with_context(|| format!("pin to CPU {cpu}"));
+    }
+    Ok(())
+}
+
 /// Which kernel the suite runs on (the VM runner says so). Tests of what
 /// the series adds beyond upstream assert the upstream behaviour on `base`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -16,10 +16,11 @@ use anyhow::{anyhow, Context, Result};
 
 use crate::bpf::{HashdanceGate, HoldAck, Migrate, Stat, Steer};
 use crate::harness::{
-    count_on, exchange, fates, note, read_sysctl, set_migrate_req, set_sysctl, start_trace,
-    tcp_state, wait_until, write_sysctl, Accepted, Checks, Client, Deadline, Family, Group, Kernel,
-    Reason, Stop, TcpExt, ALL_FAILURES, EVENT_TIMEOUT, LISTEN_DROPS, LISTEN_OVERFLOWS,
-    MIGRATE_FAIL, MIGRATE_OK, MIGRATE_REQ, SYNACK_RETRANS, TCP_SYN_RECV, TFO_PASSIVE,
+    count_on, exchange, fates, note, pin_to_cpu, read_sysctl, set_migrate_req, set_sysctl,
+    start_trace, tcp_state, wait_until, write_sysctl, Accepted, Checks, Client, Deadline, Family,
+    Group, Kernel, Reason, Stop, TcpExt, ALL_FAILURES, EVENT_TIMEOUT, LISTEN_DROPS,
+    LISTEN_OVERFLOWS, MIGRATE_FAIL, MIGRATE_OK, MIGRATE_REQ, SYNACK_RETRANS, TCP_SYN_RECV,
+    TFO_PASSIVE,
 };
 
 /// The first SYN+ACK retransmit comes ~1 s after the SYN+ACK (kernel timer,
@@ -468,6 +469,21 @@ fn held_handshakes(fam: Family, g: &Group, n: usize) -> Result<(HoldAck, Vec<Cli
     Ok((hold, clients))
 }
 
+/// Runs `f` on a thread pinned to CPU 0 while the caller moves to CPU 1.
+///
+/// On loopback the server side of what the thread sends runs in softirq on
+/// the thread's CPU, where the hashdance gate then spins; a caller sharing
+/// that CPU could not run until the gate timed out.
+fn on_other_cpu<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<thread::JoinHandle<Result<T>>> {
+    pin_to_cpu(1).context("the hashdance gate needs 2 CPUs")?;
+    Ok(thread::spawn(move || {
+        pin_to_cpu(0)?;
+        f()
+    }))
+}
+
 /// Joins a client thread, turning its panic into an error.
 fn join_client(h: thread::JoinHandle<Result<Client>>) -> Result<Client> {
     h.join().map_err(|_| anyhow!("client thread panicked"))?
@@ -488,9 +504,10 @@ pub fn closed_during_ack(fam: Family, kernel: Kernel) -> Result<()> {
     let start = TcpExt::read()?;
 
     // The server side of the final ACK runs on the thread that sends it
-    // (loopback), which the gate holds: connect from another thread.
+    // (loopback), which the gate holds: connect from another thread, on
+    // another CPU.
     let addr = g.addr();
-    let connecting = thread::spawn(move || Client::connect(fam, addr, 0));
+    let connecting = on_other_cpu(move || Client::connect(fam, addr, 0))?;
     gate.wait_holding()?;
     g.listen(1)?;
     g.stop(0, Stop::Close)?;
@@ -546,7 +563,7 @@ pub fn target_closed_during_ack(fam: Family, kernel: Kernel) -> Result<()> {
 
     g.stop(0, Stop::Close)?;
     hold.release()?;
-    let sending = thread::spawn(move || client.send_hello().map(|()| client));
+    let sending = on_other_cpu(move || client.send_hello().map(|()| client))?;
     gate.wait_holding()?;
     g.stop(1, Stop::Close)?;
     gate.release()?;
