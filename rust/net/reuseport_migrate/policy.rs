@@ -5,6 +5,11 @@
 //! Plain `core` Rust: no allocation, no locking, no indexing or arithmetic that
 //! can panic. The kernel glue gives it a [`Group`] view of a `sock_reuseport`
 //! read under RCU; host tests give it a model of one.
+//!
+//! Everything here is `#[inline]`, so that the kernel's entry point compiles
+//! to one function without calls. (Measured in the guest, the calls and the
+//! `Result` passed through memory cost about 65 instructions per migrated
+//! child, 9% of the whole migration.)
 
 /// A snapshot view of the live listeners of a reuseport group.
 ///
@@ -41,6 +46,7 @@ pub enum Mode {
 
 impl Mode {
     /// The mode for a value of the sysctl, which only accepts known values.
+    #[inline]
     pub fn from_sysctl(value: u8) -> Self {
         match value {
             0 => Mode::Off,
@@ -104,6 +110,7 @@ pub struct Choice<S> {
 /// cancels. Otherwise, if migration is enabled (by the sysctl, or by a program
 /// that passed without choosing), a live listener is picked by hash, and in
 /// [`Mode::LoadAware`] moved off a full accept queue by [`with_room`].
+#[inline]
 pub fn choose<G: Group, S>(group: &G, choice: Choice<S>) -> Result<Target<S>, Failure> {
     match choice.bpf {
         Bpf::Selected(sk) => return Ok(Target::Bpf(sk)),
@@ -120,13 +127,28 @@ pub fn choose<G: Group, S>(group: &G, choice: Choice<S>) -> Result<Target<S>, Fa
 
 /// Maps a 32-bit hash onto `0..n` without a division (the kernel's
 /// `reciprocal_scale()`).
+#[inline]
 pub fn reciprocal_scale(hash: u32, n: u16) -> u16 {
     // (hash * n) >> 32 < n <= u16::MAX, so the narrowing loses nothing.
     ((u64::from(hash) * u64::from(n)) >> 32) as u16
 }
 
+/// The index after `i` in a group of `n`, wrapping to 0. Wrapping
+/// arithmetic: `i < n` always holds, but the compiler cannot see it and would
+/// keep an overflow check that can panic.
+#[inline]
+fn next(i: u16, n: u16) -> u16 {
+    let j = i.wrapping_add(1);
+    if j >= n {
+        0
+    } else {
+        j
+    }
+}
+
 /// Picks a usable listener by hash, preferring one bound to this CPU when
 /// `prefer_cpu` is set: the scan starts at the hashed index and wraps once.
+#[inline]
 pub fn by_hash<G: Group>(group: &G, hash: u32, prefer_cpu: bool) -> Option<u16> {
     let n = group.num_socks();
     let start = reciprocal_scale(hash, n);
@@ -139,8 +161,7 @@ pub fn by_hash<G: Group>(group: &G, hash: u32, prefer_cpu: bool) -> Option<u16> 
             }
             first = first.or(Some(i));
         }
-        // i < n, so i + 1 <= n <= u16::MAX cannot overflow.
-        i = if i + 1 == n { 0 } else { i + 1 };
+        i = next(i, n);
     }
     first
 }
@@ -152,6 +173,7 @@ pub fn by_hash<G: Group>(group: &G, hash: u32, prefer_cpu: bool) -> Option<u16> 
 /// usable listener with room after `first`; when every queue is full, `first`
 /// (nothing is dropped that upstream would keep). O(1) unless queues are
 /// full, at most one pass over the group.
+#[inline]
 pub fn with_room<G: Group>(group: &G, hash: u32, first: u16) -> u16 {
     if group.room(first) > 0 {
         return first;
@@ -165,8 +187,7 @@ pub fn with_room<G: Group>(group: &G, hash: u32, first: u16) -> u16 {
     }
     let mut i = first;
     for _ in 1..n {
-        // i < n, so i + 1 <= n <= u16::MAX cannot overflow.
-        i = if i + 1 == n { 0 } else { i + 1 };
+        i = next(i, n);
         if group.usable(i) && group.room(i) > 0 {
             return i;
         }

@@ -36,6 +36,7 @@ impl RcuGroup {
     /// # Safety
     ///
     /// `i < self.num_socks`, and the caller's guarantees for `socks` hold.
+    #[inline]
     unsafe fn sk(&self, i: u16) -> *const bindings::sock {
         // SAFETY: `i < num_socks <= max_socks` and the caller of
         // `reuseport_migrate_choose` holds `rcu_read_lock()`, so the slot is
@@ -45,10 +46,12 @@ impl RcuGroup {
 }
 
 impl Group for RcuGroup {
+    #[inline]
     fn num_socks(&self) -> u16 {
         self.num_socks
     }
 
+    #[inline]
     fn usable(&self, i: u16) -> bool {
         // SAFETY: `policy` only asks for `i < num_socks()`.
         let sk = unsafe { self.sk(i) };
@@ -58,14 +61,23 @@ impl Group for RcuGroup {
         state != TCP_ESTABLISHED
     }
 
+    #[inline]
     fn on_this_cpu(&self, i: u16) -> bool {
         // SAFETY: `policy` only asks for `i < num_socks()`.
         let sk = unsafe { self.sk(i) };
-        // SAFETY: `sk` is a live listener (see `usable`); the helper does the
-        // `READ_ONCE()` that pairs with `reuseport_update_incoming_cpu()`.
-        unsafe { bindings::sk_incoming_cpu(sk) == self.cpu }
+        // SAFETY: `sk` is a live listener (see `usable`). The volatile read is
+        // the `READ_ONCE()` that pairs with `reuseport_update_incoming_cpu()`.
+        // A direct read, not a C helper: a call here would make the whole
+        // choice save and restore registers. `__bindgen_anon_7` is the union
+        // holding `skc_incoming_cpu`; if bindgen numbers it otherwise, this
+        // does not build.
+        let cpu = unsafe {
+            core::ptr::read_volatile(&(*sk).__sk_common.__bindgen_anon_7.skc_incoming_cpu)
+        };
+        cpu == self.cpu
     }
 
+    #[inline]
     fn room(&self, i: u16) -> u32 {
         // SAFETY: `policy` only asks for `i < num_socks()`.
         let sk = unsafe { self.sk(i) };
