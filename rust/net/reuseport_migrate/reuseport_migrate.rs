@@ -10,6 +10,7 @@
 //!
 //! Hot path: no sleeping, no allocation, no panics.
 
+use core::ptr::{addr_of, read_volatile};
 use kernel::bindings;
 
 pub mod policy;
@@ -56,8 +57,9 @@ impl Group for RcuGroup {
         // SAFETY: `policy` only asks for `i < num_socks()`.
         let sk = unsafe { self.sk(i) };
         // SAFETY: a listener in `socks[]` stays allocated under RCU;
-        // `skc_state` changes concurrently, hence the single volatile read.
-        let state = unsafe { core::ptr::read_volatile(&(*sk).__sk_common.skc_state) };
+        // `skc_state` changes concurrently, hence the single volatile read,
+        // through a raw pointer: a reference would claim it does not.
+        let state = unsafe { read_volatile(addr_of!((*sk).__sk_common.skc_state)) };
         state != TCP_ESTABLISHED
     }
 
@@ -66,13 +68,15 @@ impl Group for RcuGroup {
         // SAFETY: `policy` only asks for `i < num_socks()`.
         let sk = unsafe { self.sk(i) };
         // SAFETY: `sk` is a live listener (see `usable`). The volatile read is
-        // the `READ_ONCE()` that pairs with `reuseport_update_incoming_cpu()`.
-        // A direct read, not a C helper: a call here would make the whole
-        // choice save and restore registers. `__bindgen_anon_7` is the union
-        // holding `skc_incoming_cpu`; if bindgen numbers it otherwise, this
+        // the `READ_ONCE()` that pairs with `reuseport_update_incoming_cpu()`;
+        // read here rather than by a C helper, which would be a call per
+        // listener that cannot be inlined. `__bindgen_anon_7` is the union
+        // holding `skc_incoming_cpu`: if bindgen numbers it otherwise, this
         // does not build.
         let cpu = unsafe {
-            core::ptr::read_volatile(&(*sk).__sk_common.__bindgen_anon_7.skc_incoming_cpu)
+            read_volatile(addr_of!(
+                (*sk).__sk_common.__bindgen_anon_7.skc_incoming_cpu
+            ))
         };
         cpu == self.cpu
     }
@@ -85,8 +89,8 @@ impl Group for RcuGroup {
         // locklessly (`sk_acceptq_is_full()` reads them with `READ_ONCE()`).
         let (backlog, max) = unsafe {
             (
-                core::ptr::read_volatile(&(*sk).sk_ack_backlog),
-                core::ptr::read_volatile(&(*sk).sk_max_ack_backlog),
+                read_volatile(addr_of!((*sk).sk_ack_backlog)),
+                read_volatile(addr_of!((*sk).sk_max_ack_backlog)),
             )
         };
         // Full when backlog > max, as in `sk_acceptq_is_full()`.
@@ -116,7 +120,7 @@ pub unsafe extern "C" fn reuseport_migrate_choose(
     let socks = unsafe { (*ctx.reuse).socks.as_ptr() };
     // SAFETY: `reuse` is live under RCU. Paired with the `WRITE_ONCE()`s in
     // `__reuseport_(get|put)_incoming_cpu()`.
-    let incoming_cpu = unsafe { core::ptr::read_volatile(&(*ctx.reuse).incoming_cpu) };
+    let incoming_cpu = unsafe { read_volatile(addr_of!((*ctx.reuse).incoming_cpu)) };
     let group = RcuGroup {
         socks,
         num_socks: ctx.num_socks,
