@@ -111,6 +111,14 @@ fn storm_main(args: &RunArgs, expect: Option<report::Expect>) -> ExitCode {
     for (cause, n) in &outcome.tally.causes {
         eprintln!("storm: lost {n}: {cause}");
     }
+    if outcome.lost() > 0 {
+        let moved: Vec<String> = outcome
+            .tcp_ext_moved
+            .iter()
+            .map(|(k, d)| format!("{k}={d}"))
+            .collect();
+        eprintln!("storm: TcpExt moved: {}", moved.join(" "));
+    }
     for err in &outcome.errors {
         eprintln!("storm: error: {err}");
     }

@@ -44,6 +44,9 @@ pub struct Outcome {
     pub listen_overflows: Option<u64>,
     /// See `migrate_success`.
     pub listen_drops: Option<u64>,
+    /// Every TcpExt counter that moved during the run, by name: what a loss
+    /// left behind in the kernel, printed when one is seen.
+    pub tcp_ext_moved: Vec<(String, u64)>,
     /// Length of the load phase, in-flight attempts included.
     pub load_elapsed: Duration,
     /// Length of the whole run.

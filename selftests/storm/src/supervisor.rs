@@ -527,6 +527,17 @@ pub fn run_storm(a: &RunArgs, migrate_req: Option<u32>) -> Result<Outcome> {
         (Some(b), Some(a)) => Some(a.saturating_sub(*b)),
         _ => None,
     };
+    let mut tcp_ext_moved: Vec<(String, u64)> = after
+        .iter()
+        .map(|(k, a)| {
+            (
+                k.clone(),
+                a.saturating_sub(before.get(k).copied().unwrap_or(0)),
+            )
+        })
+        .filter(|&(_, d)| d > 0)
+        .collect();
+    tcp_ext_moved.sort();
     let mut errors = std::mem::take(&mut pool.errors);
     if tally.panics > 0 {
         errors.push(format!("{} client thread(s) panicked", tally.panics));
@@ -542,6 +553,7 @@ pub fn run_storm(a: &RunArgs, migrate_req: Option<u32>) -> Result<Outcome> {
         migrate_failure: delta("TCPMigrateReqFailure"),
         listen_overflows: delta("ListenOverflows"),
         listen_drops: delta("ListenDrops"),
+        tcp_ext_moved,
         load_elapsed,
         elapsed: t0.elapsed(),
         errors,
