@@ -528,14 +528,8 @@ pub fn run_storm(a: &RunArgs, migrate_req: Option<u32>) -> Result<Outcome> {
         _ => None,
     };
     let mut tcp_ext_moved: Vec<(String, u64)> = after
-        .iter()
-        .map(|(k, a)| {
-            (
-                k.clone(),
-                a.saturating_sub(before.get(k).copied().unwrap_or(0)),
-            )
-        })
-        .filter(|&(_, d)| d > 0)
+        .keys()
+        .filter_map(|k| delta(k).filter(|&d| d > 0).map(|d| (k.clone(), d)))
         .collect();
     tcp_ext_moved.sort();
     let mut errors = std::mem::take(&mut pool.errors);
