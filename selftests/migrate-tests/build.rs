@@ -16,6 +16,12 @@ fn main() {
     // clang's BPF target has no multiarch include path of its own.
     let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
     let multiarch = format!("/usr/include/{arch}-linux-gnu");
+    // bpf_tracing.h reads kprobe arguments by the kernel's arch name.
+    let target_arch = match arch.as_str() {
+        "x86_64" => "x86",
+        "aarch64" => "arm64",
+        other => other,
+    };
 
     for name in SOURCES {
         let src = format!("bpf/{name}.bpf.c");
@@ -24,6 +30,7 @@ fn main() {
         let status = Command::new(&clang)
             .args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror"])
             .arg(format!("-I{multiarch}"))
+            .arg(format!("-D__TARGET_ARCH_{target_arch}"))
             .arg("-c")
             .arg(&src)
             .arg("-o")

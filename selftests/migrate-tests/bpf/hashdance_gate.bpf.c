@@ -10,11 +10,25 @@
  * of inet_csk_complete_hashdance() keeps that window open, so a test can
  * close a listener exactly there instead of hoping a restart storm hits it.
  *
- * Userspace arms the gate; the next call disarms it, sets "holding" and
- * spins until "release" is set or MAX_HOLD_NS has passed ("timed_out").
+ * Userspace sets the listening port and arms the gate; the next call for a
+ * listener on that port disarms it, sets "holding" and spins until
+ * "release" is set or MAX_HOLD_NS has passed ("timed_out"). Handshakes to
+ * other ports (the kprobe sees every namespace) pass and are counted, so a
+ * test that waits in vain can say what went by instead.
  */
 #include <linux/bpf.h>
+#include <linux/ptrace.h>
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+
+/*
+ * The guest kernel has no BTF, so no CO-RE: skc_num, the local port in host
+ * order, is read at its offset in struct sock_common, after skc_addrpair (8
+ * bytes), skc_hash (4) and skc_dport (2). Those members lead the struct
+ * whatever the config. Should it ever move, no handshake matches and the
+ * test fails naming the ports it saw.
+ */
+#define SKC_NUM_OFFSET 14
 
 #define MAX_HOLD_NS (5ULL * 1000 * 1000 * 1000)
 
@@ -24,6 +38,9 @@ struct gate {
 	__u32 release;
 	__u32 timed_out;
 	__u64 held;
+	__u32 port;
+	__u32 other_port;
+	__u64 others;
 };
 
 struct {
@@ -52,8 +69,9 @@ static long still_held(__u64 i, void *data)
 }
 
 SEC("kprobe/inet_csk_complete_hashdance")
-int hashdance_gate(void *ctx)
+int BPF_KPROBE(hashdance_gate, void *listener)
 {
+	__u16 port = 0;
 	struct hold h;
 	__u32 zero = 0;
 	struct gate *g;
@@ -62,6 +80,12 @@ int hashdance_gate(void *ctx)
 	g = bpf_map_lookup_elem(&gate_map, &zero);
 	if (!g || !*(volatile __u32 *)&g->armed)
 		return 0;
+	bpf_probe_read_kernel(&port, sizeof(port), listener + SKC_NUM_OFFSET);
+	if (port != g->port) {
+		g->other_port = port;
+		__sync_fetch_and_add(&g->others, 1);
+		return 0;
+	}
 
 	g->armed = 0;
 	g->held++;

@@ -88,9 +88,30 @@ impl HoldAck {
 /// inet_csk_complete_hashdance(): after the kernel found the listener
 /// listening and created the child, before the child is queued
 /// (bpf/hashdance_gate.bpf.c).
+///
+/// Until the kprobe optimizer turns the probe into a jump, a few jiffies
+/// after it is attached, its program runs in the breakpoint handler with
+/// interrupts off, so while the gate holds, CPU 0 answers no IPI. The
+/// optimizer's text patching waits for every CPU to answer one, spinning on
+/// CPU 1: the test, pinned there, could not run until the gate timed out
+/// (4 of 100 gate tests on TCG). Optimization is off while a gate is
+/// attached.
 pub struct HashdanceGate {
     obj: Object,
     _link: Link,
+    /// `debug.kprobes-optimization` to restore, if the kernel has it.
+    optimization: Option<String>,
+}
+
+const KPROBES_OPTIMIZATION: &str = "/proc/sys/debug/kprobes-optimization";
+
+impl Drop for HashdanceGate {
+    fn drop(&mut self) {
+        if let Some(v) = &self.optimization {
+            // Best effort: the next test sets it again anyway.
+            let _ = std::fs::write(KPROBES_OPTIMIZATION, v);
+        }
+    }
 }
 
 /// Byte offsets of the fields of `struct gate` in bpf/hashdance_gate.bpf.c.
@@ -99,11 +120,23 @@ const GATE_HOLDING: usize = 4;
 const GATE_RELEASE: usize = 8;
 const GATE_TIMED_OUT: usize = 12;
 const GATE_HELD: usize = 16;
-const GATE_SIZE: usize = 24;
+const GATE_PORT: usize = 24;
+const GATE_OTHER_PORT: usize = 28;
+const GATE_OTHERS: usize = 32;
+const GATE_SIZE: usize = 40;
 
 impl HashdanceGate {
     /// Loads the program and attaches its kprobe; the gate starts unarmed.
     pub fn attach() -> Result<HashdanceGate> {
+        let optimization = match std::fs::read_to_string(KPROBES_OPTIMIZATION) {
+            Ok(v) => {
+                std::fs::write(KPROBES_OPTIMIZATION, "0")
+                    .with_context(|| format!("write 0 to {KPROBES_OPTIMIZATION}"))?;
+                Some(v)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e).context(format!("read {KPROBES_OPTIMIZATION}")),
+        };
         let obj = load(GATE_OBJ, "hashdance_gate")?;
         let link = obj
             .progs_mut()
@@ -111,7 +144,11 @@ impl HashdanceGate {
             .ok_or_else(|| anyhow!("program hashdance_gate missing"))?
             .attach()
             .context("attach kprobe inet_csk_complete_hashdance")?;
-        Ok(HashdanceGate { obj, _link: link })
+        Ok(HashdanceGate {
+            obj,
+            _link: link,
+            optimization,
+        })
     }
 
     fn read(&self) -> Result<[u8; GATE_SIZE]> {
@@ -131,23 +168,42 @@ impl HashdanceGate {
         ))
     }
 
-    fn set(&self, off: usize) -> Result<()> {
+    fn field64(&self, off: usize) -> Result<u64> {
+        let v = self.read()?;
+        Ok(u64::from_ne_bytes(
+            v[off..off + 8].try_into().expect("8 bytes"),
+        ))
+    }
+
+    fn set(&self, fields: &[(usize, u32)]) -> Result<()> {
         let mut v = self.read()?;
-        v[off..off + 4].copy_from_slice(&1u32.to_ne_bytes());
+        for &(off, val) in fields {
+            v[off..off + 4].copy_from_slice(&val.to_ne_bytes());
+        }
         map(&self.obj, "gate_map")?
             .update(&0u32.to_ne_bytes(), &v, MapFlags::ANY)
             .context("update gate_map")
     }
 
-    /// The next handshake to complete will be held.
-    pub fn arm(&self) -> Result<()> {
-        self.set(GATE_ARMED)
+    /// The next handshake to complete on a listener of `port` will be held;
+    /// handshakes to other ports pass.
+    pub fn arm(&self, port: u16) -> Result<()> {
+        self.set(&[(GATE_PORT, port.into()), (GATE_ARMED, 1)])
     }
 
-    /// Waits until an ACK is held in the filter.
+    /// Waits until a handshake is held in the gate.
     pub fn wait_holding(&self) -> Result<()> {
         if !wait_until(EVENT_TIMEOUT, || Ok(self.field(GATE_HOLDING)? == 1))? {
-            bail!("no handshake reached the gate within {EVENT_TIMEOUT:?}");
+            let others = self.field64(GATE_OTHERS)?;
+            let last = match others {
+                0 => String::new(),
+                _ => format!(", the last on port {}", self.field(GATE_OTHER_PORT)?),
+            };
+            bail!(
+                "no handshake to port {} reached the gate within {EVENT_TIMEOUT:?} \
+                 ({others} to other ports passed{last})",
+                self.field(GATE_PORT)?
+            );
         }
         Ok(())
     }
@@ -155,12 +211,11 @@ impl HashdanceGate {
     /// Lets the held handshake go on, and checks it was held exactly once and
     /// released by us, not by the filter's own time limit.
     pub fn release(&self) -> Result<()> {
-        self.set(GATE_RELEASE)?;
+        self.set(&[(GATE_RELEASE, 1)])?;
         if !wait_until(EVENT_TIMEOUT, || Ok(self.field(GATE_HOLDING)? == 0))? {
             bail!("the gate still holds the handshake {EVENT_TIMEOUT:?} after release");
         }
-        let v = self.read()?;
-        let held = u64::from_ne_bytes(v[GATE_HELD..GATE_HELD + 8].try_into().expect("8 bytes"));
+        let held = self.field64(GATE_HELD)?;
         if held != 1 || self.field(GATE_TIMED_OUT)? != 0 {
             bail!(
                 "gate: held {held} handshake(s), timed out: {} (want 1, 0)",

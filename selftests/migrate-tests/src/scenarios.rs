@@ -499,7 +499,7 @@ pub fn closed_during_ack(fam: Family, kernel: Kernel) -> Result<()> {
     let mut ck = Checks::new();
     g.listen(0)?;
     let gate = HashdanceGate::attach()?;
-    gate.arm()?;
+    gate.arm(g.port)?;
     let trace = start_trace(kernel, g.port)?;
     let start = TcpExt::read()?;
 
@@ -508,7 +508,13 @@ pub fn closed_during_ack(fam: Family, kernel: Kernel) -> Result<()> {
     // another CPU.
     let addr = g.addr();
     let connecting = on_other_cpu(move || Client::connect(fam, addr, 0))?;
-    gate.wait_holding()?;
+    if let Err(e) = gate.wait_holding() {
+        let client = match connecting.is_finished() {
+            true => format!("connect returned {:?}", join_client(connecting).map(|_| ())),
+            false => "connect still waiting".to_string(),
+        };
+        return Err(e.context(client));
+    }
     g.listen(1)?;
     g.stop(0, Stop::Close)?;
     gate.release()?;
@@ -557,7 +563,7 @@ pub fn target_closed_during_ack(fam: Family, kernel: Kernel) -> Result<()> {
     let mut client = clients.into_iter().next().context("one client")?;
     g.listen(1)?;
     let gate = HashdanceGate::attach()?;
-    gate.arm()?;
+    gate.arm(g.port)?;
     let trace = start_trace(kernel, g.port)?;
     let start = TcpExt::read()?;
 
