@@ -6,10 +6,10 @@
 //! can panic. The kernel glue gives it a [`Group`] view of a `sock_reuseport`
 //! read under RCU; host tests give it a model of one.
 //!
-//! Everything here is `#[inline]`, so that the kernel's entry point compiles
-//! to one function without calls. (Measured in the guest, the calls and the
-//! `Result` passed through memory cost about 65 instructions per migrated
-//! child, 9% of the whole migration.)
+//! Everything here is `#[inline]`, so that the kernel's entry points compile
+//! without calls. (Measured in the guest, the calls and the `Result` passed
+//! through memory cost about 65 instructions per migrated child, 9% of the
+//! whole migration.)
 
 /// A snapshot view of the live listeners of a reuseport group.
 ///
@@ -27,9 +27,9 @@ pub trait Group {
     /// (`SO_INCOMING_CPU`). Only asked when [`Choice::prefer_cpu`] is set.
     fn on_this_cpu(&self, i: u16) -> bool;
 
-    /// Free places in listener `i`'s accept queue, 0 when it is full
-    /// (`sk_acceptq_is_full()`). Only asked in [`Mode::LoadAware`].
-    fn room(&self, i: u16) -> u32;
+    /// Whether listener `i`'s accept queue has room: not
+    /// `sk_acceptq_is_full()`. Only asked in [`Mode::LoadAware`].
+    fn has_room(&self, i: u16) -> bool;
 }
 
 /// How the kernel chooses when no BPF program does: `net.ipv4.tcp_migrate_req`.
@@ -111,18 +111,52 @@ pub struct Choice<S> {
 /// that passed without choosing), a live listener is picked by hash, and in
 /// [`Mode::LoadAware`] moved off a full accept queue by [`with_room`].
 #[inline]
-pub fn choose<G: Group, S>(group: &G, choice: Choice<S>) -> Result<Target<S>, Failure> {
-    match choice.bpf {
-        Bpf::Selected(sk) => return Ok(Target::Bpf(sk)),
-        Bpf::Drop => return Err(Failure::BpfCancelled),
-        Bpf::None if choice.mode == Mode::Off => return Err(Failure::Disabled),
-        Bpf::None | Bpf::Pass => {}
+pub fn choose<G: Group, S: Copy>(group: &G, choice: Choice<S>) -> Result<Target<S>, Failure> {
+    if let Some(decided) = by_verdict(&choice) {
+        return decided;
     }
     let i = by_hash(group, choice.hash, choice.prefer_cpu).ok_or(Failure::NoListener)?;
     Ok(Target::Index(match choice.mode {
         Mode::LoadAware => with_room(group, choice.hash, i),
         Mode::Off | Mode::Hash => i,
     }))
+}
+
+/// [`choose`] for the common case, in O(1) and without a loop: the BPF
+/// verdict, or the hashed listener when it is usable, no listener prefers a
+/// CPU and, in [`Mode::LoadAware`], its queue has room. `None` when the
+/// choice needs a scan of the group.
+///
+/// Whenever it answers, it answers as [`choose`] does. It lets the kernel
+/// keep the scan out of line, so that the common case runs without the
+/// registers the scan needs saved and restored.
+#[inline]
+pub fn quick<G: Group, S: Copy>(
+    group: &G,
+    choice: &Choice<S>,
+) -> Option<Result<Target<S>, Failure>> {
+    if let Some(decided) = by_verdict(choice) {
+        return Some(decided);
+    }
+    let n = group.num_socks();
+    if n == 0 || choice.prefer_cpu {
+        return None;
+    }
+    let i = reciprocal_scale(choice.hash, n);
+    let fits = group.usable(i) && (choice.mode != Mode::LoadAware || group.has_room(i));
+    fits.then_some(Ok(Target::Index(i)))
+}
+
+/// The outcome when the BPF verdict or a disabled sysctl decides it, `None`
+/// when the choice is the kernel's.
+#[inline]
+fn by_verdict<S: Copy>(choice: &Choice<S>) -> Option<Result<Target<S>, Failure>> {
+    match choice.bpf {
+        Bpf::Selected(sk) => Some(Ok(Target::Bpf(sk))),
+        Bpf::Drop => Some(Err(Failure::BpfCancelled)),
+        Bpf::None if choice.mode == Mode::Off => Some(Err(Failure::Disabled)),
+        Bpf::None | Bpf::Pass => None,
+    }
 }
 
 /// Maps a 32-bit hash onto `0..n` without a division (the kernel's
@@ -175,20 +209,20 @@ pub fn by_hash<G: Group>(group: &G, hash: u32, prefer_cpu: bool) -> Option<u16> 
 /// full, at most one pass over the group.
 #[inline]
 pub fn with_room<G: Group>(group: &G, hash: u32, first: u16) -> u16 {
-    if group.room(first) > 0 {
+    if group.has_room(first) {
         return first;
     }
     let n = group.num_socks();
     // Another mapping of the same hash, so connections that collided on
     // `first` spread instead of all landing on its neighbour.
     let second = reciprocal_scale(hash.wrapping_mul(0x9e37_79b9), n);
-    if group.usable(second) && group.room(second) > 0 {
+    if group.usable(second) && group.has_room(second) {
         return second;
     }
     let mut i = first;
     for _ in 1..n {
         i = next(i, n);
-        if group.usable(i) && group.room(i) > 0 {
+        if group.usable(i) && group.has_room(i) {
             return i;
         }
     }

@@ -4,7 +4,7 @@
 //!
 //! `reuseport_migrate_sock()` in `net/core/sock_reuseport.c` runs the BPF
 //! program and keeps RCU, memory ordering and the refcount in C; it calls
-//! [`reuseport_migrate_choose`] with a snapshot of the group to pick the
+//! [`reuseport_migrate_choose`] with the group and the verdict to pick the
 //! listener. The choice itself lives in [`policy`], which is plain `core`
 //! Rust also built and tested on the host.
 //!
@@ -27,23 +27,6 @@ struct RcuGroup {
     socks: *const *mut bindings::sock,
     /// `num_socks`, read once by the caller before `smp_rmb()`.
     num_socks: u16,
-    /// CPU running the choice.
-    cpu: i32,
-}
-
-impl RcuGroup {
-    /// Listener `i` of the group.
-    ///
-    /// # Safety
-    ///
-    /// `i < self.num_socks`, and the caller's guarantees for `socks` hold.
-    #[inline]
-    unsafe fn sk(&self, i: u16) -> *const bindings::sock {
-        // SAFETY: `i < num_socks <= max_socks` and the caller of
-        // `reuseport_migrate_choose` holds `rcu_read_lock()`, so the slot is
-        // in bounds and was published before `num_socks` (`smp_rmb()`).
-        unsafe { *self.socks.add(usize::from(i)) }
-    }
 }
 
 impl Group for RcuGroup {
@@ -68,21 +51,23 @@ impl Group for RcuGroup {
         // SAFETY: `policy` only asks for `i < num_socks()`.
         let sk = unsafe { self.sk(i) };
         // SAFETY: `sk` is a live listener (see `usable`). The volatile read is
-        // the `READ_ONCE()` that pairs with `reuseport_update_incoming_cpu()`;
-        // read here rather than by a C helper, which would be a call per
-        // listener that cannot be inlined. `__bindgen_anon_7` is the union
-        // holding `skc_incoming_cpu`: if bindgen numbers it otherwise, this
-        // does not build.
+        // the `READ_ONCE()` that pairs with `reuseport_update_incoming_cpu()`.
+        // `__bindgen_anon_7` is the union holding `skc_incoming_cpu`: if
+        // bindgen numbers it otherwise, this does not build.
         let cpu = unsafe {
             read_volatile(addr_of!(
                 (*sk).__sk_common.__bindgen_anon_7.skc_incoming_cpu
             ))
         };
-        cpu == self.cpu
+        // SAFETY: no requirement. As in `reuseport_select_sock_by_hash()`, the
+        // CPU is a hint: the task may run elsewhere right after. Only asked
+        // when a listener set `SO_INCOMING_CPU`, so the helper call stays off
+        // the common path.
+        cpu == unsafe { bindings::raw_smp_processor_id() }
     }
 
     #[inline]
-    fn room(&self, i: u16) -> u32 {
+    fn has_room(&self, i: u16) -> bool {
         // SAFETY: `policy` only asks for `i < num_socks()`.
         let sk = unsafe { self.sk(i) };
         // SAFETY: `sk` is a live listener (see `usable`); both fields change
@@ -93,62 +78,153 @@ impl Group for RcuGroup {
                 read_volatile(addr_of!((*sk).sk_max_ack_backlog)),
             )
         };
-        // Full when backlog > max, as in `sk_acceptq_is_full()`.
-        max.saturating_add(1).saturating_sub(backlog)
+        // Not `sk_acceptq_is_full()`.
+        backlog <= max
+    }
+}
+
+impl RcuGroup {
+    /// Listener `i` of the group.
+    ///
+    /// # Safety
+    ///
+    /// `i < self.num_socks`, and the caller's guarantees for `socks` hold.
+    #[inline]
+    unsafe fn sk(&self, i: u16) -> *const bindings::sock {
+        // SAFETY: `i < num_socks <= max_socks` and the caller of
+        // `reuseport_migrate_choose` holds `rcu_read_lock()`, so the slot is
+        // in bounds and was published before `num_socks` (`smp_rmb()`).
+        unsafe { *self.socks.add(usize::from(i)) }
+    }
+
+    /// The view of `reuse` for one choice.
+    ///
+    /// # Safety
+    ///
+    /// As for [`reuseport_migrate_choose`]'s `reuse` and `num_socks`.
+    #[inline]
+    unsafe fn new(reuse: *mut bindings::sock_reuseport, num_socks: u16) -> Self {
+        RcuGroup {
+            // SAFETY: `reuse` is live under RCU; `socks` is its trailing array.
+            socks: unsafe { (*reuse).socks.as_ptr() },
+            num_socks,
+        }
+    }
+
+    /// The C result for the policy's answer.
+    #[inline]
+    fn result(
+        &self,
+        answer: Result<Target<*mut bindings::sock>, Failure>,
+    ) -> bindings::reuseport_migrate_choice {
+        let (sk, result) = match answer {
+            Ok(Target::Bpf(sk)) => (sk, bindings::reuseport_migrate_result_REUSEPORT_MIGRATE_OK),
+            // SAFETY: `policy` returns indices below `num_socks()`.
+            Ok(Target::Index(i)) => (
+                unsafe { self.sk(i) }.cast_mut(),
+                bindings::reuseport_migrate_result_REUSEPORT_MIGRATE_OK,
+            ),
+            Err(why) => (core::ptr::null_mut(), why as u32),
+        };
+        bindings::reuseport_migrate_choice {
+            sk,
+            // The enum's values are small: the cast loses nothing.
+            result: result as core::ffi::c_int,
+        }
+    }
+}
+
+/// The inputs of one choice besides the group.
+///
+/// # Safety
+///
+/// `reuse` is live (as for [`reuseport_migrate_choose`]).
+#[inline]
+unsafe fn choice(
+    reuse: *mut bindings::sock_reuseport,
+    hash: u32,
+    migrate_req: u8,
+    bpf: bindings::reuseport_migrate_bpf,
+    selected: *mut bindings::sock,
+) -> Choice<*mut bindings::sock> {
+    // SAFETY: `reuse` is live under RCU. Paired with the `WRITE_ONCE()`s in
+    // `__reuseport_(get|put)_incoming_cpu()`.
+    let incoming_cpu = unsafe { read_volatile(addr_of!((*reuse).incoming_cpu)) };
+    Choice {
+        hash,
+        mode: Mode::from_sysctl(migrate_req),
+        prefer_cpu: incoming_cpu != 0,
+        bpf: match bpf {
+            bindings::reuseport_migrate_bpf_REUSEPORT_MIGRATE_BPF_NONE => Bpf::None,
+            bindings::reuseport_migrate_bpf_REUSEPORT_MIGRATE_BPF_SELECTED => {
+                Bpf::Selected(selected)
+            }
+            bindings::reuseport_migrate_bpf_REUSEPORT_MIGRATE_BPF_DROP => Bpf::Drop,
+            _ => Bpf::Pass,
+        },
     }
 }
 
 /// Chooses the listener that takes over a migrating socket.
 ///
-/// Returns `REUSEPORT_MIGRATE_OK` with `*target` set, or the reason there is
+/// Returns `REUSEPORT_MIGRATE_OK` and the listener, or the reason there is
 /// none (`enum reuseport_migrate_result`).
+///
+/// The common case is answered here by [`policy::quick`], which needs no
+/// callee-saved register; a choice that needs a scan of the group continues
+/// out of line, in a tail call.
 ///
 /// # Safety
 ///
 /// Called by `reuseport_migrate_sock()` only: under `rcu_read_lock()`, with
-/// `ctx->reuse` a live group whose first `ctx->num_socks` slots were read
-/// after `smp_rmb()`, `ctx->selected` valid when `ctx->bpf` says so, and
-/// `target` writable.
+/// `reuse` a live group whose first `num_socks` slots were read after
+/// `smp_rmb()`, and `selected` a listener of it when `bpf` says so.
 #[no_mangle]
 pub unsafe extern "C" fn reuseport_migrate_choose(
-    ctx: *const bindings::reuseport_migrate_ctx,
-    target: *mut *mut bindings::sock,
-) -> core::ffi::c_int {
-    // SAFETY: the caller passes a valid, initialised context.
-    let ctx = unsafe { &*ctx };
-    // SAFETY: `reuse` is live under RCU; `socks` is its trailing array.
-    let socks = unsafe { (*ctx.reuse).socks.as_ptr() };
-    // SAFETY: `reuse` is live under RCU. Paired with the `WRITE_ONCE()`s in
-    // `__reuseport_(get|put)_incoming_cpu()`.
-    let incoming_cpu = unsafe { read_volatile(addr_of!((*ctx.reuse).incoming_cpu)) };
-    let group = RcuGroup {
-        socks,
-        num_socks: ctx.num_socks,
-        cpu: ctx.cpu,
+    reuse: *mut bindings::sock_reuseport,
+    num_socks: u16,
+    hash: u32,
+    migrate_req: u8,
+    bpf: bindings::reuseport_migrate_bpf,
+    selected: *mut bindings::sock,
+) -> bindings::reuseport_migrate_choice {
+    // SAFETY: the caller's guarantees are the constructors' requirements.
+    let (group, choice) = unsafe {
+        (
+            RcuGroup::new(reuse, num_socks),
+            choice(reuse, hash, migrate_req, bpf, selected),
+        )
     };
-    let bpf = match u32::from(ctx.bpf) {
-        bindings::reuseport_migrate_bpf_REUSEPORT_MIGRATE_BPF_SELECTED => {
-            Bpf::Selected(ctx.selected)
-        }
-        bindings::reuseport_migrate_bpf_REUSEPORT_MIGRATE_BPF_DROP => Bpf::Drop,
-        bindings::reuseport_migrate_bpf_REUSEPORT_MIGRATE_BPF_PASS => Bpf::Pass,
-        _ => Bpf::None,
+    match policy::quick(&group, &choice) {
+        Some(answer) => group.result(answer),
+        // SAFETY: forwards the caller's guarantees.
+        None => unsafe { choose_scan(reuse, num_socks, hash, migrate_req, bpf, selected) },
+    }
+}
+
+/// [`reuseport_migrate_choose`] when the choice needs a scan of the group.
+///
+/// # Safety
+///
+/// As for [`reuseport_migrate_choose`].
+#[cold]
+#[inline(never)]
+unsafe extern "C" fn choose_scan(
+    reuse: *mut bindings::sock_reuseport,
+    num_socks: u16,
+    hash: u32,
+    migrate_req: u8,
+    bpf: bindings::reuseport_migrate_bpf,
+    selected: *mut bindings::sock,
+) -> bindings::reuseport_migrate_choice {
+    // SAFETY: the caller's guarantees are the constructors' requirements.
+    let (group, choice) = unsafe {
+        (
+            RcuGroup::new(reuse, num_socks),
+            choice(reuse, hash, migrate_req, bpf, selected),
+        )
     };
-    let choice = Choice {
-        hash: ctx.hash,
-        mode: Mode::from_sysctl(ctx.migrate_req),
-        prefer_cpu: incoming_cpu != 0,
-        bpf,
-    };
-    let sk = match policy::choose(&group, choice) {
-        Ok(Target::Bpf(sk)) => sk,
-        // SAFETY: `policy` returns indices below `num_socks()`.
-        Ok(Target::Index(i)) => unsafe { group.sk(i) }.cast_mut(),
-        Err(why) => return why as core::ffi::c_int,
-    };
-    // SAFETY: the caller passes a writable `target`.
-    unsafe { *target = sk };
-    bindings::reuseport_migrate_result_REUSEPORT_MIGRATE_OK as core::ffi::c_int
+    group.result(policy::choose(&group, choice))
 }
 
 // Keep the Rust and C reasons in step.

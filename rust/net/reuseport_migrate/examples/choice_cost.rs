@@ -32,9 +32,9 @@ impl Group for Listeners {
     fn on_this_cpu(&self, _i: u16) -> bool {
         true
     }
-    fn room(&self, i: u16) -> u32 {
+    fn has_room(&self, i: u16) -> bool {
         let i = usize::from(i);
-        (self.max_backlog[i] + 1).saturating_sub(self.backlog[i])
+        self.backlog[i] <= self.max_backlog[i]
     }
 }
 

@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 use reuseport_migrate_policy::policy::{
-    by_hash, choose, reciprocal_scale, with_room, Bpf, Choice, Failure, Group, Mode, Target,
+    by_hash, choose, quick, reciprocal_scale, with_room, Bpf, Choice, Failure, Group, Mode, Target,
 };
 
 /// A model group: one entry per listener, `(usable, on_this_cpu)`, and the
@@ -18,7 +18,8 @@ impl Model {
         Model(listeners, vec![1; n])
     }
 
-    fn has_room(&self, i: u16) -> bool {
+    /// Whether `i` is usable and has room.
+    fn takes(&self, i: u16) -> bool {
         self.0[usize::from(i)].0 && self.1[usize::from(i)] > 0
     }
 }
@@ -33,8 +34,8 @@ impl Group for Model {
     fn on_this_cpu(&self, i: u16) -> bool {
         self.0[usize::from(i)].1
     }
-    fn room(&self, i: u16) -> u32 {
-        self.1[usize::from(i)]
+    fn has_room(&self, i: u16) -> bool {
+        self.1[usize::from(i)] > 0
     }
 }
 
@@ -145,20 +146,29 @@ proptest! {
     fn never_a_full_queue_while_another_has_room(g in loaded_model(), hash in any::<u32>(),
                                                   cpu in any::<bool>()) {
         let c = Choice { hash, mode: Mode::LoadAware, prefer_cpu: cpu, bpf: Bpf::<u32>::None };
-        let any_room = (0..g.num_socks()).any(|i| g.has_room(i));
+        let any_room = (0..g.num_socks()).any(|i| g.takes(i));
         match choose(&g, c) {
             Ok(Target::Index(i)) => {
                 prop_assert!(g.usable(i));
-                prop_assert!(g.has_room(i) || !any_room);
+                prop_assert!(g.takes(i) || !any_room);
                 // Upstream's choice is kept when it has room, and when no
                 // queue has: load-awareness only ever moves a connection
                 // that upstream would put in a full queue.
                 let up = oracle(&g, hash, cpu).unwrap();
-                if g.has_room(up) || !any_room {
+                if g.takes(up) || !any_room {
                     prop_assert_eq!(i, up);
                 }
             }
             other => prop_assert_eq!(other, Err(Failure::NoListener)),
+        }
+    }
+
+    #[test]
+    fn quick_answers_as_choose_does(g in loaded_model(), hash in any::<u32>(), mode in mode(),
+                                    bpf in verdict(), cpu in any::<bool>()) {
+        let c = Choice { hash, mode, prefer_cpu: cpu, bpf };
+        if let Some(got) = quick(&g, &c) {
+            prop_assert_eq!(got, choose(&g, c));
         }
     }
 
@@ -212,6 +222,38 @@ fn full_listener_load_spreads() {
             }
         }
     }
+}
+
+/// The common cases are quick: a verdict, and a hashed listener that is
+/// usable (with room, in load-aware mode) when no CPU is preferred.
+#[test]
+fn quick_covers_the_common_cases() {
+    let mut g = Model::plain(vec![(true, false); 4]);
+    let c = |mode, bpf| Choice {
+        hash: u32::MAX / 2,
+        mode,
+        prefer_cpu: false,
+        bpf,
+    };
+    for mode in [Mode::Off, Mode::Hash, Mode::LoadAware] {
+        assert!(quick(&g, &c(mode, Bpf::Selected(9u32))).is_some());
+        assert!(quick(&g, &c(mode, Bpf::Drop)).is_some());
+        assert!(quick(&g, &c(mode, Bpf::Pass)).is_some());
+    }
+    assert!(quick(&g, &c(Mode::Hash, Bpf::None)).is_some());
+    assert!(quick(&g, &c(Mode::LoadAware, Bpf::None)).is_some());
+    // The hashed listener: full, it needs the scan only when load matters;
+    // unusable, always.
+    let i = usize::from(reciprocal_scale(u32::MAX / 2, 4));
+    g.1[i] = 0;
+    assert!(quick(&g, &c(Mode::Hash, Bpf::None)).is_some());
+    assert!(quick(&g, &c(Mode::LoadAware, Bpf::None)).is_none());
+    g.0[i].0 = false;
+    assert!(quick(&g, &c(Mode::Hash, Bpf::None)).is_none());
+    let mut cpu = c(Mode::Hash, Bpf::None);
+    cpu.prefer_cpu = true;
+    assert!(quick(&Model::plain(vec![(true, true); 4]), &cpu).is_none());
+    assert!(quick(&Model::plain(vec![]), &c(Mode::Hash, Bpf::None)).is_none());
 }
 
 #[test]
