@@ -62,6 +62,12 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("no_target_resets", |f, k| {
         scenarios::lost_children(f, k, Lost::NoTarget)
     }),
+    ("incoming_cpu0_children", |f, _| {
+        scenarios::incoming_cpu_children(f, 0)
+    }),
+    ("incoming_cpu1_children", |f, _| {
+        scenarios::incoming_cpu_children(f, 1)
+    }),
     ("bpf_select", |f, _| scenarios::bpf_select(f)),
     ("bpf_drop", scenarios::bpf_drop),
     ("closed_during_ack", scenarios::closed_during_ack),

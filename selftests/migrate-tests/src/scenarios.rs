@@ -17,10 +17,10 @@ use anyhow::{anyhow, Context, Result};
 use crate::bpf::{HashdanceGate, HoldAck, Migrate, Stat, Steer};
 use crate::harness::{
     count_on, exchange, fates, note, pin_to_cpu, read_sysctl, set_migrate_req, set_sysctl,
-    start_trace, tcp_state, wait_until, write_sysctl, Accepted, Checks, Client, Deadline, Family,
-    Group, Kernel, Reason, Stop, TcpExt, ALL_FAILURES, EVENT_TIMEOUT, LISTEN_DROPS,
-    LISTEN_OVERFLOWS, MIGRATE_FAIL, MIGRATE_OK, MIGRATE_REQ, SYNACK_RETRANS, TCP_SYN_RECV,
-    TFO_PASSIVE,
+    setsockopt_int, start_trace, tcp_state, wait_until, write_sysctl, Accepted, Checks, Client,
+    Deadline, Family, Group, Kernel, Reason, Stop, TcpExt, ALL_FAILURES, EVENT_TIMEOUT,
+    LISTEN_DROPS, LISTEN_OVERFLOWS, MIGRATE_FAIL, MIGRATE_OK, MIGRATE_REQ, SYNACK_RETRANS,
+    TCP_SYN_RECV, TFO_PASSIVE,
 };
 
 /// The first SYN+ACK retransmit comes ~1 s after the SYN+ACK (kernel timer,
@@ -112,6 +112,48 @@ pub fn queued_children(fam: Family, how: Stop) -> Result<()> {
     ex.check_all_served(&mut ck, TOTAL);
     let end = TcpExt::read()?;
     ck.migrations("at end", &start, &end, u(FIRST + TOTAL), 0)?;
+    ck.finish()
+}
+
+/// L1 and L2 set SO_INCOMING_CPU to CPU 0 and CPU 1, and L0 is closed on
+/// `cpu` with N children queued: every child goes to the listener of that
+/// CPU, whatever its hash (upstream's preference, which the policy keeps).
+/// With a hash choice, all N landing on one listener has odds of 1 in 2^N.
+pub fn incoming_cpu_children(fam: Family, cpu: usize) -> Result<()> {
+    const N: usize = 12;
+    set_migrate_req(true)?;
+    let mut g = Group::bind(fam, 3)?;
+    let mut ck = Checks::new();
+    g.listen(0)?;
+    let clients = connect_greet(fam, &g, 0..N)?;
+    ck.eq(
+        "L0 queue after connects",
+        g.wait_queued(0, N as u32)?,
+        N as u32,
+    );
+    ck.gate("setup")?;
+
+    for (i, want) in [(1, 0), (2, 1)] {
+        setsockopt_int(g.fd(i)?, libc::SOL_SOCKET, libc::SO_INCOMING_CPU, want)
+            .with_context(|| format!("SO_INCOMING_CPU on L{i}"))?;
+        g.listen(i)?;
+    }
+    let start = TcpExt::read()?;
+    pin_to_cpu(cpu)?;
+    g.stop(0, Stop::Close)?;
+    let now = TcpExt::read()?;
+    let here = 1 + cpu;
+    ck.eq(
+        &format!("L{here} queue after closing L0 on CPU {cpu}"),
+        g.queued(here)?,
+        N as u32,
+    );
+    ck.migrations("", &start, &now, u(N), 0)?;
+    ck.gate("close")?;
+
+    let acc = g.accept_all(N)?;
+    ck.eq(&format!("accepted from L{here}"), count_on(&acc, here), N);
+    exchange(&clients, &acc)?.check_all_served(&mut ck, N);
     ck.finish()
 }
 
