@@ -6,7 +6,7 @@ use std::env;
 use std::path::PathBuf;
 use std::process::Command;
 
-const SOURCES: &[&str] = &["hashdance_gate", "hold_ack", "steer"];
+const SOURCES: &[&str] = &["gate", "hold_ack", "steer"];
 
 fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));

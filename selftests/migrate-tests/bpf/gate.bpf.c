@@ -1,20 +1,29 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * kprobe on inet_csk_complete_hashdance() that holds, once, a completing
- * handshake until userspace lets it go.
+ * kprobes that hold, once, a kernel path at a chosen point until userspace
+ * lets it go, so that a test can make another path run exactly inside a
+ * race window instead of hoping a restart storm hits it. A test attaches
+ * one of them:
  *
- * When the final ACK of a handshake arrives, tcp_v4_rcv()/tcp_v6_rcv()
- * check that the request's listener still listens, tcp_check_req() creates
- * the child, and inet_csk_complete_hashdance() queues it on the listener,
- * which may have been closed in between. Holding the softirq at the entry
- * of inet_csk_complete_hashdance() keeps that window open, so a test can
- * close a listener exactly there instead of hoping a restart storm hits it.
+ * hashdance_gate, at inet_csk_complete_hashdance(): when the final ACK of
+ * a handshake arrives, tcp_v4_rcv()/tcp_v6_rcv() check that the request's
+ * listener still listens, tcp_check_req() creates the child, and
+ * inet_csk_complete_hashdance() queues it on the listener, which may have
+ * been closed in between.
+ *
+ * close_gate, at tcp_set_state(listener, TCP_CLOSE) from __tcp_close():
+ * close() has set SHUTDOWN_MASK on the listener but it still listens, so
+ * handshakes completing meanwhile create children from a shut-down socket.
+ *
+ * migrate_gate, at the return of reuseport_migrate_sock() with a target:
+ * the target is chosen and referenced, the migrating socket not yet queued
+ * on it, and the target may stop listening in between.
  *
  * Userspace sets the listening port and arms the gate; the next call for a
  * listener on that port disarms it, sets "holding" and spins until
- * "release" is set or MAX_HOLD_NS has passed ("timed_out"). Handshakes to
- * other ports (the kprobe sees every namespace) pass and are counted, so a
- * test that waits in vain can say what went by instead.
+ * "release" is set or MAX_HOLD_NS has passed ("timed_out"). Calls for other
+ * ports (a kprobe sees every namespace) pass and are counted, so a test
+ * that waits in vain can say what went by instead.
  */
 #include <linux/bpf.h>
 #include <linux/ptrace.h>
@@ -29,6 +38,11 @@
  * test fails naming the ports it saw.
  */
 #define SKC_NUM_OFFSET 14
+/* skc_state follows skc_family (2 bytes) */
+#define SKC_STATE_OFFSET 18
+
+#define TCP_CLOSE 7
+#define TCP_LISTEN 10
 
 #define MAX_HOLD_NS (5ULL * 1000 * 1000 * 1000)
 
@@ -68,8 +82,8 @@ static long still_held(__u64 i, void *data)
 	return 0;
 }
 
-SEC("kprobe/inet_csk_complete_hashdance")
-int BPF_KPROBE(hashdance_gate, void *listener)
+/* Holds the caller if the gate is armed for the port of @listener. */
+static int hold_if_armed(void *listener)
 {
 	__u16 port = 0;
 	struct hold h;
@@ -101,6 +115,33 @@ int BPF_KPROBE(hashdance_gate, void *listener)
 		g->timed_out = 1;
 	g->holding = 0;
 	return 0;
+}
+
+SEC("kprobe/inet_csk_complete_hashdance")
+int BPF_KPROBE(hashdance_gate, void *listener)
+{
+	return hold_if_armed(listener);
+}
+
+SEC("kprobe/tcp_set_state")
+int BPF_KPROBE(close_gate, void *sk, int state)
+{
+	__u8 old = 0;
+
+	if (state != TCP_CLOSE)
+		return 0;
+	bpf_probe_read_kernel(&old, sizeof(old), sk + SKC_STATE_OFFSET);
+	if (old != TCP_LISTEN)
+		return 0;
+	return hold_if_armed(sk);
+}
+
+SEC("kretprobe/reuseport_migrate_sock")
+int BPF_KRETPROBE(migrate_gate, void *target)
+{
+	if (!target)
+		return 0;
+	return hold_if_armed(target);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -11,7 +11,7 @@ use socket2::Socket;
 
 use crate::harness::{setsockopt_int, wait_until, EVENT_TIMEOUT};
 
-const GATE_OBJ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hashdance_gate.bpf.o"));
+const GATE_OBJ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/gate.bpf.o"));
 const HOLD_ACK_OBJ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hold_ack.bpf.o"));
 const STEER_OBJ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/steer.bpf.o"));
 
@@ -84,19 +84,42 @@ impl HoldAck {
     }
 }
 
-/// kprobe that holds one completing handshake at the entry of
-/// inet_csk_complete_hashdance(): after the kernel found the listener
-/// listening and created the child, before the child is queued
-/// (bpf/hashdance_gate.bpf.c).
+/// Where a [`Gate`] holds the kernel (bpf/gate.bpf.c).
+#[derive(Clone, Copy, Debug)]
+pub enum GateAt {
+    /// The entry of inet_csk_complete_hashdance(): after the kernel found
+    /// the listener listening and created the child, before the child is
+    /// queued.
+    Hashdance,
+    /// tcp_set_state(listener, TCP_CLOSE) in __tcp_close(): close() has set
+    /// SHUTDOWN_MASK on the listener, which still listens.
+    Close,
+    /// The return of reuseport_migrate_sock() with a target: chosen and
+    /// referenced, the migrating socket not yet queued on it.
+    Migrated,
+}
+
+impl GateAt {
+    fn program(self) -> &'static str {
+        match self {
+            GateAt::Hashdance => "hashdance_gate",
+            GateAt::Close => "close_gate",
+            GateAt::Migrated => "migrate_gate",
+        }
+    }
+}
+
+/// A kprobe that holds, once, the next kernel path that reaches it for a
+/// listener of the test's port, until the test releases it.
 ///
 /// Until the kprobe optimizer turns the probe into a jump, a few jiffies
 /// after it is attached, its program runs in the breakpoint handler with
-/// interrupts off, so while the gate holds, CPU 0 answers no IPI. The
+/// interrupts off, so while the gate holds, its CPU answers no IPI. The
 /// optimizer's text patching waits for every CPU to answer one, spinning on
-/// CPU 1: the test, pinned there, could not run until the gate timed out
+/// the other CPU: the test could not run there until the gate timed out
 /// (4 of 100 gate tests on TCG). Optimization is off while a gate is
 /// attached.
-pub struct HashdanceGate {
+pub struct Gate {
     obj: Object,
     _link: Link,
     /// `debug.kprobes-optimization` to restore, if the kernel has it.
@@ -105,7 +128,7 @@ pub struct HashdanceGate {
 
 const KPROBES_OPTIMIZATION: &str = "/proc/sys/debug/kprobes-optimization";
 
-impl Drop for HashdanceGate {
+impl Drop for Gate {
     fn drop(&mut self) {
         if let Some(v) = &self.optimization {
             // Best effort: the next test sets it again anyway.
@@ -114,7 +137,7 @@ impl Drop for HashdanceGate {
     }
 }
 
-/// Byte offsets of the fields of `struct gate` in bpf/hashdance_gate.bpf.c.
+/// Byte offsets of the fields of `struct gate` in bpf/gate.bpf.c.
 const GATE_ARMED: usize = 0;
 const GATE_HOLDING: usize = 4;
 const GATE_RELEASE: usize = 8;
@@ -125,9 +148,10 @@ const GATE_OTHER_PORT: usize = 28;
 const GATE_OTHERS: usize = 32;
 const GATE_SIZE: usize = 40;
 
-impl HashdanceGate {
-    /// Loads the program and attaches its kprobe; the gate starts unarmed.
-    pub fn attach() -> Result<HashdanceGate> {
+impl Gate {
+    /// Loads the programs and attaches the kprobe `at`; the gate starts
+    /// unarmed.
+    pub fn attach(at: GateAt) -> Result<Gate> {
         let optimization = match std::fs::read_to_string(KPROBES_OPTIMIZATION) {
             Ok(v) => {
                 std::fs::write(KPROBES_OPTIMIZATION, "0")
@@ -137,14 +161,15 @@ impl HashdanceGate {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(e).context(format!("read {KPROBES_OPTIMIZATION}")),
         };
-        let obj = load(GATE_OBJ, "hashdance_gate")?;
+        let obj = load(GATE_OBJ, "gate")?;
+        let name = at.program();
         let link = obj
             .progs_mut()
-            .find(|p| p.name() == "hashdance_gate")
-            .ok_or_else(|| anyhow!("program hashdance_gate missing"))?
+            .find(|p| p.name() == name)
+            .ok_or_else(|| anyhow!("program {name} missing"))?
             .attach()
-            .context("attach kprobe inet_csk_complete_hashdance")?;
-        Ok(HashdanceGate {
+            .with_context(|| format!("attach kprobe {name}"))?;
+        Ok(Gate {
             obj,
             _link: link,
             optimization,
@@ -185,13 +210,13 @@ impl HashdanceGate {
             .context("update gate_map")
     }
 
-    /// The next handshake to complete on a listener of `port` will be held;
-    /// handshakes to other ports pass.
+    /// The next path to reach the gate for a listener of `port` will be
+    /// held; those for other ports pass.
     pub fn arm(&self, port: u16) -> Result<()> {
         self.set(&[(GATE_PORT, port.into()), (GATE_ARMED, 1)])
     }
 
-    /// Waits until a handshake is held in the gate.
+    /// Waits until the gate holds.
     pub fn wait_holding(&self) -> Result<()> {
         if !wait_until(EVENT_TIMEOUT, || Ok(self.field(GATE_HOLDING)? == 1))? {
             let others = self.field64(GATE_OTHERS)?;
@@ -200,25 +225,25 @@ impl HashdanceGate {
                 _ => format!(", the last on port {}", self.field(GATE_OTHER_PORT)?),
             };
             bail!(
-                "no handshake to port {} reached the gate within {EVENT_TIMEOUT:?} \
-                 ({others} to other ports passed{last})",
+                "nothing for port {} reached the gate within {EVENT_TIMEOUT:?} \
+                 ({others} for other ports passed{last})",
                 self.field(GATE_PORT)?
             );
         }
         Ok(())
     }
 
-    /// Lets the held handshake go on, and checks it was held exactly once and
-    /// released by us, not by the filter's own time limit.
+    /// Lets the held path go on, and checks it was held exactly once and
+    /// released by us, not by the gate's own time limit.
     pub fn release(&self) -> Result<()> {
         self.set(&[(GATE_RELEASE, 1)])?;
         if !wait_until(EVENT_TIMEOUT, || Ok(self.field(GATE_HOLDING)? == 0))? {
-            bail!("the gate still holds the handshake {EVENT_TIMEOUT:?} after release");
+            bail!("the gate still holds {EVENT_TIMEOUT:?} after release");
         }
         let held = self.field64(GATE_HELD)?;
         if held != 1 || self.field(GATE_TIMED_OUT)? != 0 {
             bail!(
-                "gate: held {held} handshake(s), timed out: {} (want 1, 0)",
+                "gate: held {held} time(s), timed out: {} (want 1, 0)",
                 self.field(GATE_TIMED_OUT)?
             );
         }

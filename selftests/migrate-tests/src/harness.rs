@@ -722,16 +722,19 @@ impl Group {
         Ok(())
     }
 
+    /// Hands L<i> over, to be closed elsewhere (another thread); the group
+    /// counts it as closed.
+    pub fn take(&mut self, i: usize) -> Result<Socket> {
+        self.socks[i]
+            .take()
+            .ok_or_else(|| anyhow!("L{i} already closed"))
+    }
+
     /// close() drops the descriptor; shutdown(SHUT_RDWR) keeps it open in
     /// TCP_CLOSE state so the test can also check it hands out nothing.
     pub fn stop(&mut self, i: usize, how: Stop) -> Result<()> {
         match how {
-            Stop::Close => {
-                let s = self.socks[i]
-                    .take()
-                    .ok_or_else(|| anyhow!("L{i} already closed"))?;
-                drop(s);
-            }
+            Stop::Close => drop(self.take(i)?),
             Stop::Shutdown => self
                 .sock(i)?
                 .shutdown(std::net::Shutdown::Both)

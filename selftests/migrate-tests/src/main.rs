@@ -72,8 +72,16 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("bpf_drop", scenarios::bpf_drop),
     ("closed_during_ack", scenarios::closed_during_ack),
     (
+        "child_of_closing_listener",
+        scenarios::child_of_closing_listener,
+    ),
+    (
         "target_closed_during_ack",
         scenarios::target_closed_during_ack,
+    ),
+    (
+        "target_closed_during_close",
+        scenarios::target_closed_during_close,
     ),
     ("disabled_after_close", scenarios::disabled_after_close),
     ("expired_in_migration", scenarios::expired_in_migration),

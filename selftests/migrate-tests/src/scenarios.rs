@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 
-use crate::bpf::{HashdanceGate, HoldAck, Migrate, Stat, Steer};
+use crate::bpf::{Gate, GateAt, HoldAck, Migrate, Stat, Steer};
 use crate::harness::{
     count_on, exchange, fates, note, pin_to_cpu, read_sysctl, set_migrate_req, set_sysctl,
     setsockopt_int, start_trace, tcp_state, wait_until, write_sysctl, Accepted, Checks, Client,
@@ -540,7 +540,7 @@ pub fn closed_during_ack(fam: Family, kernel: Kernel) -> Result<()> {
     let mut g = Group::bind(fam, 2)?;
     let mut ck = Checks::new();
     g.listen(0)?;
-    let gate = HashdanceGate::attach()?;
+    let gate = Gate::attach(GateAt::Hashdance)?;
     gate.arm(g.port)?;
     let trace = start_trace(kernel, g.port)?;
     let start = TcpExt::read()?;
@@ -592,6 +592,56 @@ pub fn closed_during_ack(fam: Family, kernel: Kernel) -> Result<()> {
     ck.finish()
 }
 
+/// A handshake completes on L0 while close() is between setting L0's
+/// SHUTDOWN_MASK and taking it out of TCP_LISTEN (the close gate holds it
+/// there): the child is created from L0, queued on it, and migrated to L1
+/// when the close goes on. The series clears the shutdown flags the child
+/// would inherit from its closing listener, and the client is served;
+/// upstream hands L1 a child born shut down, which cannot answer.
+pub fn child_of_closing_listener(fam: Family, kernel: Kernel) -> Result<()> {
+    set_migrate_req(true)?;
+    let mut g = Group::bind(fam, 2)?;
+    let mut ck = Checks::new();
+    g.listen(0)?;
+    let gate = Gate::attach(GateAt::Close)?;
+    gate.arm(g.port)?;
+    let start = TcpExt::read()?;
+
+    // The gate holds close() with L0's socket lock and its CPU: close it on
+    // another CPU. Handshakes to a listener take no socket lock.
+    let l0 = g.take(0)?;
+    let closing = on_other_cpu(move || {
+        drop(l0);
+        Ok(())
+    })?;
+    gate.wait_holding()?;
+    let mut client = Client::connect(fam, g.addr(), 0)?;
+    client.send_hello()?;
+    g.listen(1)?;
+    gate.release()?;
+    closing
+        .join()
+        .map_err(|_| anyhow!("closing thread panicked"))??;
+
+    ck.eq("L1 queue after the close", g.wait_queued(1, 1)?, 1);
+    let now = TcpExt::read()?;
+    ck.migrations("", &start, &now, 1, 0)?;
+    ck.gate("close")?;
+    let acc = g.accept_all(1)?;
+    let ex = exchange(&[client], &acc)?;
+    match kernel {
+        Kernel::Patched => ex.check_all_served(&mut ck, 1),
+        Kernel::Base => {
+            ck.eq("clients served by L1", ex.alive, 0);
+            note(&format!(
+                "L1 accepted the child and could not answer (hello read: {})",
+                ex.hello_ok
+            ));
+        }
+    }
+    ck.finish()
+}
+
 /// A request of the closed L0 migrates to L1 when its final ACK arrives,
 /// the child is created for L1, and L1 closes before the child is queued
 /// on it. No listener is left, so both kernels reset the client and count
@@ -604,7 +654,7 @@ pub fn target_closed_during_ack(fam: Family, kernel: Kernel) -> Result<()> {
     let (hold, clients) = held_handshakes(fam, &g, 1)?;
     let mut client = clients.into_iter().next().context("one client")?;
     g.listen(1)?;
-    let gate = HashdanceGate::attach()?;
+    let gate = Gate::attach(GateAt::Hashdance)?;
     gate.arm(g.port)?;
     let trace = start_trace(kernel, g.port)?;
     let start = TcpExt::read()?;
@@ -626,6 +676,53 @@ pub fn target_closed_during_ack(fam: Family, kernel: Kernel) -> Result<()> {
         &start,
         trace.as_ref(),
         "request",
+        Reason::TargetClosed,
+        1,
+    )?;
+    ck.finish()
+}
+
+/// L0 closes with a child queued, and the migrate gate holds the close
+/// once reuseport_migrate_sock() has chosen L1 and taken a reference on
+/// it; L1 closes in that window. The child cannot be queued on L1 and no
+/// listener is left: both kernels reset the client and count one failure;
+/// the series says why.
+pub fn target_closed_during_close(fam: Family, kernel: Kernel) -> Result<()> {
+    set_migrate_req(true)?;
+    let mut g = Group::bind(fam, 2)?;
+    let mut ck = Checks::new();
+    g.listen(0)?;
+    let clients = connect_greet(fam, &g, 0..1)?;
+    ck.eq("L0 queue after connect", g.wait_queued(0, 1)?, 1);
+    ck.gate("setup")?;
+    g.listen(1)?;
+    let gate = Gate::attach(GateAt::Migrated)?;
+    gate.arm(g.port)?;
+    let trace = start_trace(kernel, g.port)?;
+    let start = TcpExt::read()?;
+
+    // The gate holds close() with L0's socket lock and its CPU.
+    let l0 = g.take(0)?;
+    let closing = on_other_cpu(move || {
+        drop(l0);
+        Ok(())
+    })?;
+    gate.wait_holding()?;
+    g.stop(1, Stop::Close)?;
+    gate.release()?;
+    closing
+        .join()
+        .map_err(|_| anyhow!("closing thread panicked"))??;
+    ck.eq(
+        "client fate",
+        fates(&clients, Deadline::after(EVENT_TIMEOUT))?.to_string(),
+        "data=0 reset=1 eof=0 silent=0 error=0".to_string(),
+    );
+    ck.all_failed(
+        kernel,
+        &start,
+        trace.as_ref(),
+        "child",
         Reason::TargetClosed,
         1,
     )?;
