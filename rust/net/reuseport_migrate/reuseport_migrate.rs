@@ -97,20 +97,6 @@ impl RcuGroup {
         unsafe { *self.socks.add(usize::from(i)) }
     }
 
-    /// The view of `reuse` for one choice.
-    ///
-    /// # Safety
-    ///
-    /// As for [`reuseport_migrate_choose`]'s `reuse` and `num_socks`.
-    #[inline]
-    unsafe fn new(reuse: *mut bindings::sock_reuseport, num_socks: u16) -> Self {
-        RcuGroup {
-            // SAFETY: `reuse` is live under RCU; `socks` is its trailing array.
-            socks: unsafe { (*reuse).socks.as_ptr() },
-            num_socks,
-        }
-    }
-
     /// The C result for the policy's answer.
     #[inline]
     fn result(
@@ -134,23 +120,27 @@ impl RcuGroup {
     }
 }
 
-/// The inputs of one choice besides the group.
+/// The policy's view of the arguments of [`reuseport_migrate_choose`]: the
+/// group and the other inputs of the choice.
 ///
 /// # Safety
 ///
-/// `reuse` is live (as for [`reuseport_migrate_choose`]).
+/// As for [`reuseport_migrate_choose`].
 #[inline]
-unsafe fn choice(
+unsafe fn inputs(
     reuse: *mut bindings::sock_reuseport,
+    num_socks: u16,
     hash: u32,
     migrate_req: u8,
     bpf: bindings::reuseport_migrate_bpf,
     selected: *mut bindings::sock,
-) -> Choice<*mut bindings::sock> {
-    // SAFETY: `reuse` is live under RCU. Paired with the `WRITE_ONCE()`s in
+) -> (RcuGroup, Choice<*mut bindings::sock>) {
+    // SAFETY: `reuse` is live under RCU; `socks` is its trailing array.
+    let socks = unsafe { (*reuse).socks.as_ptr() };
+    // SAFETY: as above. Paired with the `WRITE_ONCE()`s in
     // `__reuseport_(get|put)_incoming_cpu()`.
     let incoming_cpu = unsafe { read_volatile(addr_of!((*reuse).incoming_cpu)) };
-    Choice {
+    let choice = Choice {
         hash,
         mode: Mode::from_sysctl(migrate_req),
         prefer_cpu: incoming_cpu != 0,
@@ -162,7 +152,8 @@ unsafe fn choice(
             bindings::reuseport_migrate_bpf_REUSEPORT_MIGRATE_BPF_DROP => Bpf::Drop,
             _ => Bpf::Pass,
         },
-    }
+    };
+    (RcuGroup { socks, num_socks }, choice)
 }
 
 /// Chooses the listener that takes over a migrating socket.
@@ -188,13 +179,8 @@ pub unsafe extern "C" fn reuseport_migrate_choose(
     bpf: bindings::reuseport_migrate_bpf,
     selected: *mut bindings::sock,
 ) -> bindings::reuseport_migrate_choice {
-    // SAFETY: the caller's guarantees are the constructors' requirements.
-    let (group, choice) = unsafe {
-        (
-            RcuGroup::new(reuse, num_socks),
-            choice(reuse, hash, migrate_req, bpf, selected),
-        )
-    };
+    // SAFETY: the caller's guarantees are `inputs`' requirements.
+    let (group, choice) = unsafe { inputs(reuse, num_socks, hash, migrate_req, bpf, selected) };
     match policy::quick(&group, &choice) {
         Some(answer) => group.result(answer),
         // SAFETY: forwards the caller's guarantees.
@@ -217,13 +203,8 @@ unsafe extern "C" fn choose_scan(
     bpf: bindings::reuseport_migrate_bpf,
     selected: *mut bindings::sock,
 ) -> bindings::reuseport_migrate_choice {
-    // SAFETY: the caller's guarantees are the constructors' requirements.
-    let (group, choice) = unsafe {
-        (
-            RcuGroup::new(reuse, num_socks),
-            choice(reuse, hash, migrate_req, bpf, selected),
-        )
-    };
+    // SAFETY: the caller's guarantees are `inputs`' requirements.
+    let (group, choice) = unsafe { inputs(reuse, num_socks, hash, migrate_req, bpf, selected) };
     group.result(policy::choose(&group, choice))
 }
 
