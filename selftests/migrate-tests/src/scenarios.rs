@@ -41,6 +41,20 @@ fn connect_greet(fam: Family, g: &Group, ids: Range<usize>) -> Result<Vec<Client
     Ok(out)
 }
 
+/// L0 listens alone and `n` clients connect and greet: checks all `n`
+/// children wait in L0's accept queue before the test goes on.
+fn children_on_l0(fam: Family, g: &Group, ck: &mut Checks, n: usize) -> Result<Vec<Client>> {
+    g.listen(0)?;
+    let clients = connect_greet(fam, g, 0..n)?;
+    ck.eq(
+        "L0 queue after connects",
+        g.wait_queued(0, n as u32)?,
+        n as u32,
+    );
+    ck.gate("setup")?;
+    Ok(clients)
+}
+
 fn u(n: usize) -> u64 {
     n as u64
 }
@@ -61,14 +75,7 @@ pub fn queued_children(fam: Family, how: Stop) -> Result<()> {
     let mut ck = Checks::new();
     let start = TcpExt::read()?;
 
-    g.listen(0)?;
-    let mut clients = connect_greet(fam, &g, 0..FIRST)?;
-    ck.eq(
-        "L0 queue after connects",
-        g.wait_queued(0, FIRST as u32)?,
-        FIRST as u32,
-    );
-    ck.gate("setup")?;
+    let mut clients = children_on_l0(fam, &g, &mut ck, FIRST)?;
 
     g.listen(1)?;
     g.stop(0, how)?;
@@ -124,14 +131,7 @@ pub fn incoming_cpu_children(fam: Family, cpu: usize) -> Result<()> {
     set_migrate_req(true)?;
     let mut g = Group::bind(fam, 3)?;
     let mut ck = Checks::new();
-    g.listen(0)?;
-    let clients = connect_greet(fam, &g, 0..N)?;
-    ck.eq(
-        "L0 queue after connects",
-        g.wait_queued(0, N as u32)?,
-        N as u32,
-    );
-    ck.gate("setup")?;
+    let clients = children_on_l0(fam, &g, &mut ck, N)?;
 
     for (i, want) in [(1, 0), (2, 1)] {
         setsockopt_int(g.fd(i)?, libc::SOL_SOCKET, libc::SO_INCOMING_CPU, want)
@@ -325,14 +325,7 @@ pub fn lost_children(fam: Family, kernel: Kernel, why: Lost) -> Result<()> {
     set_migrate_req(why == Lost::NoTarget)?;
     let mut g = Group::bind(fam, 2)?;
     let mut ck = Checks::new();
-    g.listen(0)?;
-    let clients = connect_greet(fam, &g, 0..N)?;
-    ck.eq(
-        "L0 queue after connects",
-        g.wait_queued(0, N as u32)?,
-        N as u32,
-    );
-    ck.gate("setup")?;
+    let clients = children_on_l0(fam, &g, &mut ck, N)?;
 
     if why == Lost::SysctlOff {
         g.listen(1)?;
@@ -691,10 +684,7 @@ pub fn target_closed_during_close(fam: Family, kernel: Kernel) -> Result<()> {
     set_migrate_req(true)?;
     let mut g = Group::bind(fam, 2)?;
     let mut ck = Checks::new();
-    g.listen(0)?;
-    let clients = connect_greet(fam, &g, 0..1)?;
-    ck.eq("L0 queue after connect", g.wait_queued(0, 1)?, 1);
-    ck.gate("setup")?;
+    let clients = children_on_l0(fam, &g, &mut ck, 1)?;
     g.listen(1)?;
     let gate = Gate::attach(GateAt::Migrated)?;
     gate.arm(g.port)?;
