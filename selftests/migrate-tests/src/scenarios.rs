@@ -519,9 +519,19 @@ fn on_other_cpu<T: Send + 'static>(
     }))
 }
 
-/// Joins a client thread, turning its panic into an error.
-fn join_client(h: thread::JoinHandle<Result<Client>>) -> Result<Client> {
-    h.join().map_err(|_| anyhow!("client thread panicked"))?
+/// Joins a thread of [`on_other_cpu`], turning its panic into an error.
+fn join<T>(h: thread::JoinHandle<Result<T>>) -> Result<T> {
+    h.join().map_err(|_| anyhow!("test thread panicked"))?
+}
+
+/// Closes L<i> on a thread of [`on_other_cpu`]: a gate in close() holds the
+/// listener's socket lock and its CPU with interrupts off.
+fn close_on_other_cpu(g: &mut Group, i: usize) -> Result<thread::JoinHandle<Result<()>>> {
+    let sock = g.take(i)?;
+    on_other_cpu(move || {
+        drop(sock);
+        Ok(())
+    })
 }
 
 /// The final ACK of a handshake finds L0 listening and creates the child,
@@ -545,7 +555,7 @@ pub fn closed_during_ack(fam: Family, kernel: Kernel) -> Result<()> {
     let connecting = on_other_cpu(move || Client::connect(fam, addr, 0))?;
     if let Err(e) = gate.wait_holding() {
         let client = match connecting.is_finished() {
-            true => format!("connect returned {:?}", join_client(connecting).map(|_| ())),
+            true => format!("connect returned {:?}", join(connecting).map(|_| ())),
             false => "connect still waiting".to_string(),
         };
         return Err(e.context(client));
@@ -553,7 +563,7 @@ pub fn closed_during_ack(fam: Family, kernel: Kernel) -> Result<()> {
     g.listen(1)?;
     g.stop(0, Stop::Close)?;
     gate.release()?;
-    let connected = join_client(connecting);
+    let connected = join(connecting);
 
     match kernel {
         Kernel::Patched => {
@@ -600,21 +610,15 @@ pub fn child_of_closing_listener(fam: Family, kernel: Kernel) -> Result<()> {
     gate.arm(g.port)?;
     let start = TcpExt::read()?;
 
-    // The gate holds close() with L0's socket lock and its CPU: close it on
-    // another CPU. Handshakes to a listener take no socket lock.
-    let l0 = g.take(0)?;
-    let closing = on_other_cpu(move || {
-        drop(l0);
-        Ok(())
-    })?;
+    // Handshakes to a listener take no socket lock: one completes while the
+    // gate holds L0's close().
+    let closing = close_on_other_cpu(&mut g, 0)?;
     gate.wait_holding()?;
     let mut client = Client::connect(fam, g.addr(), 0)?;
     client.send_hello()?;
     g.listen(1)?;
     gate.release()?;
-    closing
-        .join()
-        .map_err(|_| anyhow!("closing thread panicked"))??;
+    join(closing)?;
 
     ck.eq("L1 queue after the close", g.wait_queued(1, 1)?, 1);
     let now = TcpExt::read()?;
@@ -633,6 +637,25 @@ pub fn child_of_closing_listener(fam: Family, kernel: Kernel) -> Result<()> {
         }
     }
     ck.finish()
+}
+
+/// The one client of a test whose migration target closed in the window was
+/// reset, and its `kind` of socket counted one TargetClosed failure.
+fn target_closed_reset(
+    ck: &mut Checks,
+    kernel: Kernel,
+    start: &TcpExt,
+    trace: Option<&crate::harness::Trace>,
+    clients: &[Client],
+    kind: &str,
+) -> Result<()> {
+    ck.eq(
+        "client fate",
+        fates(clients, Deadline::after(EVENT_TIMEOUT))?.to_string(),
+        "data=0 reset=1 eof=0 silent=0 error=0".to_string(),
+    );
+    ck.all_failed(kernel, start, trace, kind, Reason::TargetClosed, 1)?;
+    Ok(())
 }
 
 /// A request of the closed L0 migrates to L1 when its final ACK arrives,
@@ -658,20 +681,8 @@ pub fn target_closed_during_ack(fam: Family, kernel: Kernel) -> Result<()> {
     gate.wait_holding()?;
     g.stop(1, Stop::Close)?;
     gate.release()?;
-    let clients = [join_client(sending)?];
-    ck.eq(
-        "client fate",
-        fates(&clients, Deadline::after(EVENT_TIMEOUT))?.to_string(),
-        "data=0 reset=1 eof=0 silent=0 error=0".to_string(),
-    );
-    ck.all_failed(
-        kernel,
-        &start,
-        trace.as_ref(),
-        "request",
-        Reason::TargetClosed,
-        1,
-    )?;
+    let clients = [join(sending)?];
+    target_closed_reset(&mut ck, kernel, &start, trace.as_ref(), &clients, "request")?;
     ck.finish()
 }
 
@@ -691,31 +702,12 @@ pub fn target_closed_during_close(fam: Family, kernel: Kernel) -> Result<()> {
     let trace = start_trace(kernel, g.port)?;
     let start = TcpExt::read()?;
 
-    // The gate holds close() with L0's socket lock and its CPU.
-    let l0 = g.take(0)?;
-    let closing = on_other_cpu(move || {
-        drop(l0);
-        Ok(())
-    })?;
+    let closing = close_on_other_cpu(&mut g, 0)?;
     gate.wait_holding()?;
     g.stop(1, Stop::Close)?;
     gate.release()?;
-    closing
-        .join()
-        .map_err(|_| anyhow!("closing thread panicked"))??;
-    ck.eq(
-        "client fate",
-        fates(&clients, Deadline::after(EVENT_TIMEOUT))?.to_string(),
-        "data=0 reset=1 eof=0 silent=0 error=0".to_string(),
-    );
-    ck.all_failed(
-        kernel,
-        &start,
-        trace.as_ref(),
-        "child",
-        Reason::TargetClosed,
-        1,
-    )?;
+    join(closing)?;
+    target_closed_reset(&mut ck, kernel, &start, trace.as_ref(), &clients, "child")?;
     ck.finish()
 }
 
