@@ -6,31 +6,38 @@
 //! can panic. The kernel glue gives it a [`Group`] view of a `sock_reuseport`
 //! read under RCU; host tests give it a model of one.
 //!
-//! Everything here is `#[inline]`, so that the kernel's two entry points,
-//! [`quick`] for the common case and the out-of-line scan, make no calls
-//! between these functions. (Measured in the guest, such calls and the
-//! `Result` passed through memory cost about 65 instructions per migrated
-//! child, 9% of the whole migration.)
+//! Everything here is `#[inline]`: it runs for every migrated socket, and
+//! the kernel's entry points are the only calls it should cost.
 
-/// A snapshot view of the live listeners of a reuseport group.
+/// A view of the live listeners of a reuseport group.
 ///
-/// Listener `i` for `i < num_socks()` is live when the view is made; the choice never
-/// asks about any other index.
+/// A listener is read from its slot once, by [`Group::get`], and the
+/// policy then asks about, and returns, that same [`Group::Sk`]: the slots
+/// of a kernel group change under the choice (a listener leaving the group
+/// moves the last one into its slot), so reading a slot twice could check
+/// one listener and return another.
 pub trait Group {
+    /// A listener as read from its slot.
+    type Sk: Copy;
+
     /// Number of live listeners (`num_socks`).
     fn num_socks(&self) -> u16;
 
-    /// Whether listener `i` may take connections: upstream skips sockets in
+    /// Listener `i`, read once from its slot; `None` unless
+    /// `i < num_socks()`.
+    fn get(&self, i: u16) -> Option<Self::Sk>;
+
+    /// Whether `sk` may take connections: upstream skips sockets in
     /// `TCP_ESTABLISHED` (connected UDP sockets share the array code).
-    fn usable(&self, i: u16) -> bool;
+    fn usable(&self, sk: Self::Sk) -> bool;
 
-    /// Whether listener `i` prefers the CPU running the choice
-    /// (`SO_INCOMING_CPU`). Only asked when [`Choice::prefer_cpu`] is set.
-    fn on_this_cpu(&self, i: u16) -> bool;
+    /// Whether `sk` prefers the CPU running the choice (`SO_INCOMING_CPU`).
+    /// Only asked when [`Choice::prefer_cpu`] is set.
+    fn on_this_cpu(&self, sk: Self::Sk) -> bool;
 
-    /// Whether listener `i`'s accept queue has room: not
-    /// `sk_acceptq_is_full()`. Only asked in [`Mode::LoadAware`].
-    fn has_room(&self, i: u16) -> bool;
+    /// Whether `sk`'s accept queue has room: not `sk_acceptq_is_full()`.
+    /// Only asked in [`Mode::LoadAware`].
+    fn has_room(&self, sk: Self::Sk) -> bool;
 }
 
 /// How the kernel chooses when no BPF program does: `net.ipv4.tcp_migrate_req`.
@@ -83,15 +90,6 @@ pub enum Failure {
     BpfCancelled = 3,
 }
 
-/// The chosen target.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Target<S> {
-    /// The listener the BPF program selected.
-    Bpf(S),
-    /// The listener at this index of the group.
-    Index(u16),
-}
-
 /// Inputs of one choice besides the group.
 #[derive(Clone, Copy, Debug)]
 pub struct Choice<S> {
@@ -112,15 +110,15 @@ pub struct Choice<S> {
 /// that passed without choosing), a live listener is picked by hash, and in
 /// [`Mode::LoadAware`] moved off a full accept queue by [`with_room`].
 #[inline]
-pub fn choose<G: Group, S: Copy>(group: &G, choice: Choice<S>) -> Result<Target<S>, Failure> {
+pub fn choose<G: Group>(group: &G, choice: Choice<G::Sk>) -> Result<G::Sk, Failure> {
     if let Some(decided) = by_verdict(&choice) {
         return decided;
     }
-    let i = by_hash(group, choice.hash, choice.prefer_cpu).ok_or(Failure::NoListener)?;
-    Ok(Target::Index(match choice.mode {
-        Mode::LoadAware => with_room(group, choice.hash, i),
-        Mode::Off | Mode::Hash => i,
-    }))
+    let first = by_hash(group, choice.hash, choice.prefer_cpu).ok_or(Failure::NoListener)?;
+    Ok(match choice.mode {
+        Mode::LoadAware => with_room(group, choice.hash, first),
+        Mode::Off | Mode::Hash => first,
+    })
 }
 
 /// [`choose`] for the common case, in O(1) and without a loop: the BPF
@@ -129,36 +127,35 @@ pub fn choose<G: Group, S: Copy>(group: &G, choice: Choice<S>) -> Result<Target<
 /// choice needs a scan of the group.
 ///
 /// Whenever it answers, it answers as [`choose`] does. It lets the kernel
-/// keep the scan out of line, so that the common case runs without the
-/// registers the scan needs saved and restored.
+/// keep the scan out of line, off the common path.
 #[inline]
-pub fn quick<G: Group, S: Copy>(
-    group: &G,
-    choice: &Choice<S>,
-) -> Option<Result<Target<S>, Failure>> {
+pub fn quick<G: Group>(group: &G, choice: &Choice<G::Sk>) -> Option<Result<G::Sk, Failure>> {
     if let Some(decided) = by_verdict(choice) {
         return Some(decided);
     }
-    let n = group.num_socks();
-    if n == 0 || choice.prefer_cpu {
+    if choice.prefer_cpu {
         return None;
     }
-    let i = reciprocal_scale(choice.hash, n);
-    let fits = group.usable(i) && (choice.mode != Mode::LoadAware || group.has_room(i));
-    fits.then_some(Ok(Target::Index(i)))
+    let sk = group.get(reciprocal_scale(choice.hash, group.num_socks()))?;
+    let fits = group.usable(sk) && (choice.mode != Mode::LoadAware || group.has_room(sk));
+    fits.then_some(Ok(sk))
 }
 
 /// The outcome when the BPF verdict or a disabled sysctl decides it, `None`
 /// when the choice is the kernel's.
 #[inline]
-fn by_verdict<S: Copy>(choice: &Choice<S>) -> Option<Result<Target<S>, Failure>> {
+fn by_verdict<S: Copy>(choice: &Choice<S>) -> Option<Result<S, Failure>> {
     match choice.bpf {
-        Bpf::Selected(sk) => Some(Ok(Target::Bpf(sk))),
+        Bpf::Selected(sk) => Some(Ok(sk)),
         Bpf::Drop => Some(Err(Failure::BpfCancelled)),
         Bpf::None if choice.mode == Mode::Off => Some(Err(Failure::Disabled)),
         Bpf::None | Bpf::Pass => None,
     }
 }
+
+/// The odd constant [`with_room`] rehashes with (`REUSEPORT_MIGRATE_REHASH`
+/// in C).
+pub const REHASH: u32 = 0x9e37_79b9;
 
 /// Maps a 32-bit hash onto `0..n` without a division (the kernel's
 /// `reciprocal_scale()`).
@@ -184,48 +181,50 @@ fn next(i: u16, n: u16) -> u16 {
 /// Picks a usable listener by hash, preferring one bound to this CPU when
 /// `prefer_cpu` is set: the scan starts at the hashed index and wraps once.
 #[inline]
-pub fn by_hash<G: Group>(group: &G, hash: u32, prefer_cpu: bool) -> Option<u16> {
+pub fn by_hash<G: Group>(group: &G, hash: u32, prefer_cpu: bool) -> Option<G::Sk> {
     let n = group.num_socks();
-    let start = reciprocal_scale(hash, n);
     let mut first = None;
-    let mut i = start;
+    let mut i = reciprocal_scale(hash, n);
     for _ in 0..n {
-        if group.usable(i) {
-            if !prefer_cpu || group.on_this_cpu(i) {
-                return Some(i);
+        if let Some(sk) = group.get(i).filter(|&sk| group.usable(sk)) {
+            if !prefer_cpu || group.on_this_cpu(sk) {
+                return Some(sk);
             }
-            first = first.or(Some(i));
+            first = first.or(Some(sk));
         }
         i = next(i, n);
     }
     first
 }
 
-/// Moves the hash choice `first` off a full accept queue.
+/// Moves `first`, the hash choice for `hash`, off a full accept queue.
 ///
 /// `first` is kept when it has room, so with no full queue the choice is the
-/// upstream one. Otherwise a second hash-derived candidate, then the first
-/// usable listener with room after `first`; when every queue is full, `first`
-/// (nothing is dropped that upstream would keep). O(1) unless queues are
-/// full, at most one pass over the group.
+/// upstream one. Otherwise a second hash-derived candidate, so that
+/// connections that collided on `first` spread out, then the first usable
+/// listener with room from the hashed index on; when every queue is full,
+/// `first` (nothing is dropped that upstream would keep). O(1) unless queues
+/// are full, at most one pass over the group.
 #[inline]
-pub fn with_room<G: Group>(group: &G, hash: u32, first: u16) -> u16 {
+pub fn with_room<G: Group>(group: &G, hash: u32, first: G::Sk) -> G::Sk {
     if group.has_room(first) {
         return first;
     }
     let n = group.num_socks();
-    // Another mapping of the same hash, so connections that collided on
-    // `first` spread instead of all landing on its neighbour.
-    let second = reciprocal_scale(hash.wrapping_mul(0x9e37_79b9), n);
-    if group.usable(second) && group.has_room(second) {
-        return second;
+    let takes = |i| {
+        group
+            .get(i)
+            .filter(|&sk| group.usable(sk) && group.has_room(sk))
+    };
+    if let Some(sk) = takes(reciprocal_scale(hash.wrapping_mul(REHASH), n)) {
+        return sk;
     }
-    let mut i = first;
-    for _ in 1..n {
-        i = next(i, n);
-        if group.usable(i) && group.has_room(i) {
-            return i;
+    let mut i = reciprocal_scale(hash, n);
+    for _ in 0..n {
+        if let Some(sk) = takes(i) {
+            return sk;
         }
+        i = next(i, n);
     }
     first
 }

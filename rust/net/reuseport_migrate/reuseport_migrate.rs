@@ -15,145 +15,216 @@ use kernel::bindings;
 
 pub mod policy;
 
-use policy::{Bpf, Choice, Failure, Group, Mode, Target};
+use policy::{Bpf, Choice, Failure, Mode};
 
-/// `TCP_ESTABLISHED` from `include/net/tcp_states.h` (an enum bindgen does
-/// not keep).
-const TCP_ESTABLISHED: u8 = 1;
+/// The type of [`reuseport_migrate_choose`]: the Rust entry point and the C
+/// prototype in `include/net/reuseport_migrate.h`, as bindgen reads it, are
+/// both coerced to it below, so that they cannot drift apart.
+type ChooseFn = unsafe extern "C" fn(
+    *mut bindings::sock_reuseport,
+    u16,
+    u32,
+    u8,
+    bindings::reuseport_migrate_bpf,
+    *mut bindings::sock,
+) -> bindings::reuseport_migrate_choice;
 
-/// The live listeners of a `sock_reuseport`, as the C caller read them.
-struct RcuGroup {
-    /// First of `num_socks` listener pointers in `reuse->socks[]`.
-    socks: *const *mut bindings::sock,
-    /// `num_socks`, read once by the caller before `smp_rmb()`.
-    num_socks: u16,
-}
+const _: ChooseFn = bindings::reuseport_migrate_choose;
+const _: ChooseFn = reuseport_migrate_choose;
 
-impl Group for RcuGroup {
-    #[inline]
-    fn num_socks(&self) -> u16 {
-        self.num_socks
-    }
+/// The group and its listeners, apart so that nothing else can make a
+/// [`Listener`](group::Listener) out of an arbitrary pointer.
+mod group {
+    use core::marker::PhantomData;
+    use core::ptr::{addr_of, read_volatile};
+    use kernel::bindings;
 
-    #[inline]
-    fn usable(&self, i: u16) -> bool {
-        // SAFETY: `policy` only asks for `i < num_socks()`.
-        let sk = unsafe { self.sk(i) };
-        // SAFETY: a listener in `socks[]` stays allocated under RCU;
-        // `skc_state` changes concurrently, hence the single volatile read,
-        // through a raw pointer: a reference would claim it does not.
-        let state = unsafe { read_volatile(addr_of!((*sk).__sk_common.skc_state)) };
-        state != TCP_ESTABLISHED
-    }
+    use crate::policy::Group;
 
-    #[inline]
-    fn on_this_cpu(&self, i: u16) -> bool {
-        // SAFETY: `policy` only asks for `i < num_socks()`.
-        let sk = unsafe { self.sk(i) };
-        // SAFETY: `sk` is a live listener (see `usable`). The volatile read is
-        // the `READ_ONCE()` that pairs with `reuseport_update_incoming_cpu()`.
-        // `__bindgen_anon_7` is the union holding `skc_incoming_cpu`: if
-        // bindgen numbers it otherwise, this does not build.
-        let cpu = unsafe {
-            read_volatile(addr_of!(
-                (*sk).__sk_common.__bindgen_anon_7.skc_incoming_cpu
-            ))
-        };
-        // SAFETY: no requirement. As in `reuseport_select_sock_by_hash()`, the
-        // CPU is a hint: the task may run elsewhere right after. Only asked
-        // when a listener set `SO_INCOMING_CPU`, so the helper call stays off
-        // the common path.
-        cpu == unsafe { bindings::raw_smp_processor_id() }
-    }
-
-    #[inline]
-    fn has_room(&self, i: u16) -> bool {
-        // SAFETY: `policy` only asks for `i < num_socks()`.
-        let sk = unsafe { self.sk(i) };
-        // SAFETY: `sk` is a live listener (see `usable`); both fields change
-        // locklessly (`sk_acceptq_is_full()` reads them with `READ_ONCE()`).
-        let (backlog, max) = unsafe {
-            (
-                read_volatile(addr_of!((*sk).sk_ack_backlog)),
-                read_volatile(addr_of!((*sk).sk_max_ack_backlog)),
-            )
-        };
-        // Not `sk_acceptq_is_full()`.
-        backlog <= max
-    }
-}
-
-impl RcuGroup {
-    /// Listener `i` of the group.
+    /// A listener of the group being chosen from: a socket read from one of its
+    /// live slots, or the one the BPF program selected.
     ///
-    /// # Safety
-    ///
-    /// `i < self.num_socks`, and the caller's guarantees for `socks` hold.
-    #[inline]
-    unsafe fn sk(&self, i: u16) -> *const bindings::sock {
-        // SAFETY: `i < num_socks <= max_socks` and the caller of
-        // `reuseport_migrate_choose` holds `rcu_read_lock()`, so the slot is
-        // in bounds and was published before `num_socks` (`smp_rmb()`).
-        unsafe { *self.socks.add(usize::from(i)) }
+    /// Only [`RcuGroup`] makes one, and only from such a socket, so every
+    /// `Listener` points to a `struct sock` that stays allocated for as long as
+    /// the group may be used: listeners are freed after an RCU grace period
+    /// (`SOCK_RCU_FREE`), and the group lives inside one call of
+    /// [`reuseport_migrate_choose`], under the caller's `rcu_read_lock()`.
+    #[derive(Clone, Copy)]
+    pub(crate) struct Listener<'a> {
+        sk: *mut bindings::sock,
+        group: PhantomData<&'a RcuGroup>,
     }
 
-    /// The C result for the policy's answer.
-    #[inline]
-    fn result(
-        &self,
-        answer: Result<Target<*mut bindings::sock>, Failure>,
-    ) -> bindings::reuseport_migrate_choice {
-        let (sk, result) = match answer {
-            Ok(Target::Bpf(sk)) => (sk, bindings::reuseport_migrate_result_REUSEPORT_MIGRATE_OK),
-            // SAFETY: `policy` returns indices below `num_socks()`.
-            Ok(Target::Index(i)) => (
-                unsafe { self.sk(i) }.cast_mut(),
-                bindings::reuseport_migrate_result_REUSEPORT_MIGRATE_OK,
-            ),
-            Err(why) => (core::ptr::null_mut(), why as u32),
-        };
-        bindings::reuseport_migrate_choice {
-            sk,
-            // The enum's values are small: the cast loses nothing.
-            result: result as core::ffi::c_int,
+    /// The live listeners of a `sock_reuseport`, as the C caller read them.
+    pub(crate) struct RcuGroup {
+        /// First of `num_socks` listener pointers in `reuse->socks[]`.
+        socks: *const *mut bindings::sock,
+        /// `num_socks`, read once by the caller before `smp_rmb()`.
+        num_socks: u16,
+    }
+
+    impl RcuGroup {
+        /// The view of `reuse`, whose first `num_socks` slots the caller may
+        /// read.
+        ///
+        /// # Safety
+        ///
+        /// The caller holds `rcu_read_lock()` for as long as the view and the
+        /// listeners it hands out are used; `reuse` is a live group with
+        /// `num_socks <= reuse->max_socks`, read before the caller's `smp_rmb()`
+        /// that orders it against the slots.
+        #[inline]
+        pub(crate) unsafe fn new(reuse: *mut bindings::sock_reuseport, num_socks: u16) -> Self {
+            // SAFETY: `reuse` is live (the caller's guarantee); `socks` is its
+            // trailing array, and taking its address reads nothing.
+            let socks = unsafe { addr_of!((*reuse).socks) }.cast::<*mut bindings::sock>();
+            RcuGroup { socks, num_socks }
+        }
+
+        /// The listener the BPF program selected.
+        ///
+        /// # Safety
+        ///
+        /// `sk` is a listener of the group (`bpf_sk_select_reuseport()` checks
+        /// it), so it stays allocated as a [`Listener`] requires.
+        #[inline]
+        pub(crate) unsafe fn selected(&self, sk: *mut bindings::sock) -> Listener<'_> {
+            Listener {
+                sk,
+                group: PhantomData,
+            }
+        }
+    }
+
+    impl Listener<'_> {
+        /// The socket, for the C caller.
+        #[inline]
+        pub(crate) fn as_ptr(self) -> *mut bindings::sock {
+            self.sk
+        }
+    }
+
+    impl<'a> Group for &'a RcuGroup {
+        type Sk = Listener<'a>;
+
+        #[inline]
+        fn num_socks(&self) -> u16 {
+            self.num_socks
+        }
+
+        #[inline]
+        fn get(&self, i: u16) -> Option<Listener<'a>> {
+            if i >= self.num_socks {
+                return None;
+            }
+            // SAFETY: `i < num_socks <= max_socks`, so the slot is in the array
+            // (`RcuGroup::new`). The volatile read is the `READ_ONCE()` of the C
+            // code: `__reuseport_detach_sock()` may move another listener into
+            // the slot meanwhile, so the slot is read once, and the policy checks
+            // and returns the socket read here.
+            let sk = unsafe { read_volatile(self.socks.add(usize::from(i))) };
+            Some(Listener {
+                sk,
+                group: PhantomData,
+            })
+        }
+
+        #[inline]
+        fn usable(&self, l: Listener<'a>) -> bool {
+            // SAFETY: `l.sk` is allocated (see `Listener`). `skc_state` changes
+            // concurrently: the volatile read, through a raw pointer, is the
+            // stand-in for `READ_ONCE()`.
+            let state = unsafe { read_volatile(addr_of!((*l.sk).__sk_common.skc_state)) };
+            u32::from(state) != bindings::TCP_ESTABLISHED
+        }
+
+        #[inline]
+        fn on_this_cpu(&self, l: Listener<'a>) -> bool {
+            // SAFETY: `l.sk` is allocated (see `Listener`). The volatile read is
+            // the stand-in for the `READ_ONCE()` that pairs with the
+            // `WRITE_ONCE()` in `reuseport_update_incoming_cpu()`.
+            // `__bindgen_anon_7` is the union holding `skc_incoming_cpu`: if
+            // bindgen numbers it otherwise, this does not build.
+            let cpu = unsafe {
+                read_volatile(addr_of!(
+                    (*l.sk).__sk_common.__bindgen_anon_7.skc_incoming_cpu
+                ))
+            };
+            // SAFETY: no requirement. As in `reuseport_select_sock_by_hash()`,
+            // the CPU is a hint: the task may run elsewhere right after.
+            let this_cpu = unsafe { bindings::raw_smp_processor_id() };
+            // -1, no preference, matches no CPU, as in the C comparison.
+            u32::try_from(cpu) == Ok(this_cpu)
+        }
+
+        #[inline]
+        fn has_room(&self, l: Listener<'a>) -> bool {
+            // SAFETY: `l.sk` is allocated (see `Listener`). Both fields change
+            // locklessly: the volatile reads stand in for the `READ_ONCE()`s of
+            // `sk_acceptq_is_full()`, of which this is the negation.
+            let (backlog, max) = unsafe {
+                (
+                    read_volatile(addr_of!((*l.sk).sk_ack_backlog)),
+                    read_volatile(addr_of!((*l.sk).sk_max_ack_backlog)),
+                )
+            };
+            backlog <= max
         }
     }
 }
 
-/// The policy's view of the arguments of [`reuseport_migrate_choose`]: the
-/// group and the other inputs of the choice.
+use group::{Listener, RcuGroup};
+
+/// The C result for the policy's answer.
+#[inline]
+fn result(answer: Result<Listener<'_>, Failure>) -> bindings::reuseport_migrate_choice {
+    let (sk, result) = match answer {
+        Ok(l) => (
+            l.as_ptr(),
+            bindings::reuseport_migrate_result_REUSEPORT_MIGRATE_OK,
+        ),
+        Err(why) => (core::ptr::null_mut(), why as u32),
+    };
+    bindings::reuseport_migrate_choice {
+        sk,
+        // The enum's values are small: the cast loses nothing.
+        result: result as core::ffi::c_int,
+    }
+}
+
+/// The inputs of the choice besides the group.
 ///
 /// # Safety
 ///
 /// As for [`reuseport_migrate_choose`].
 #[inline]
-unsafe fn inputs(
+unsafe fn choice<'a>(
+    group: &'a RcuGroup,
     reuse: *mut bindings::sock_reuseport,
-    num_socks: u16,
     hash: u32,
     migrate_req: u8,
     bpf: bindings::reuseport_migrate_bpf,
     selected: *mut bindings::sock,
-) -> (RcuGroup, Choice<*mut bindings::sock>) {
-    // SAFETY: `reuse` is live under RCU; `socks` is its trailing array.
-    let socks = unsafe { (*reuse).socks.as_ptr() };
-    // SAFETY: as above. Paired with the `WRITE_ONCE()`s in
+) -> Choice<Listener<'a>> {
+    // SAFETY: `reuse` is live under RCU. The volatile read is the stand-in
+    // for the `READ_ONCE()` that pairs with the `WRITE_ONCE()`s in
     // `__reuseport_(get|put)_incoming_cpu()`.
     let incoming_cpu = unsafe { read_volatile(addr_of!((*reuse).incoming_cpu)) };
-    let choice = Choice {
+    Choice {
         hash,
         mode: Mode::from_sysctl(migrate_req),
         prefer_cpu: incoming_cpu != 0,
         bpf: match bpf {
             bindings::reuseport_migrate_bpf_REUSEPORT_MIGRATE_BPF_NONE => Bpf::None,
             bindings::reuseport_migrate_bpf_REUSEPORT_MIGRATE_BPF_SELECTED => {
-                Bpf::Selected(selected)
+                // SAFETY: `bpf` says that `selected` is the program's choice,
+                // a listener of the group.
+                Bpf::Selected(unsafe { group.selected(selected) })
             }
             bindings::reuseport_migrate_bpf_REUSEPORT_MIGRATE_BPF_DROP => Bpf::Drop,
             _ => Bpf::Pass,
         },
-    };
-    (RcuGroup { socks, num_socks }, choice)
+    }
 }
 
 /// Chooses the listener that takes over a migrating socket.
@@ -161,9 +232,9 @@ unsafe fn inputs(
 /// Returns `REUSEPORT_MIGRATE_OK` and the listener, or the reason there is
 /// none (`enum reuseport_migrate_result`).
 ///
-/// The common case is answered here by [`policy::quick`], which needs no
-/// callee-saved register; a choice that needs a scan of the group continues
-/// out of line, in a tail call.
+/// The common case is answered here by [`policy::quick`]; a choice that
+/// needs a scan of the group continues in [`choose_scan`], kept out of line
+/// and off the common path.
 ///
 /// # Safety
 ///
@@ -179,10 +250,12 @@ pub unsafe extern "C" fn reuseport_migrate_choose(
     bpf: bindings::reuseport_migrate_bpf,
     selected: *mut bindings::sock,
 ) -> bindings::reuseport_migrate_choice {
-    // SAFETY: the caller's guarantees are `inputs`' requirements.
-    let (group, choice) = unsafe { inputs(reuse, num_socks, hash, migrate_req, bpf, selected) };
-    match policy::quick(&group, &choice) {
-        Some(answer) => group.result(answer),
+    // SAFETY: the caller's guarantees are `RcuGroup::new`'s requirements.
+    let group = unsafe { RcuGroup::new(reuse, num_socks) };
+    // SAFETY: as above.
+    let c = unsafe { choice(&group, reuse, hash, migrate_req, bpf, selected) };
+    match policy::quick(&&group, &c) {
+        Some(answer) => result(answer),
         // SAFETY: forwards the caller's guarantees.
         None => unsafe { choose_scan(reuse, num_socks, hash, migrate_req, bpf, selected) },
     }
@@ -203,9 +276,11 @@ unsafe extern "C" fn choose_scan(
     bpf: bindings::reuseport_migrate_bpf,
     selected: *mut bindings::sock,
 ) -> bindings::reuseport_migrate_choice {
-    // SAFETY: the caller's guarantees are `inputs`' requirements.
-    let (group, choice) = unsafe { inputs(reuse, num_socks, hash, migrate_req, bpf, selected) };
-    group.result(policy::choose(&group, choice))
+    // SAFETY: the caller's guarantees are `RcuGroup::new`'s requirements.
+    let group = unsafe { RcuGroup::new(reuse, num_socks) };
+    // SAFETY: as above.
+    let c = unsafe { choice(&group, reuse, hash, migrate_req, bpf, selected) };
+    result(policy::choose(&&group, c))
 }
 
 // Keep the Rust and C reasons in step.

@@ -12,7 +12,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use reuseport_migrate_policy::policy::{choose, Bpf, Choice, Group, Mode, Target};
+use reuseport_migrate_policy::policy::{choose, Bpf, Choice, Group, Mode};
 
 /// A group laid out like the kernel's: per listener, "listening" and the
 /// accept queue's length and limit.
@@ -23,8 +23,12 @@ struct Listeners {
 }
 
 impl Group for Listeners {
+    type Sk = u16;
     fn num_socks(&self) -> u16 {
         self.listening.len() as u16
+    }
+    fn get(&self, i: u16) -> Option<u16> {
+        (i < self.num_socks()).then_some(i)
     }
     fn usable(&self, i: u16) -> bool {
         self.listening[usize::from(i)]
@@ -54,12 +58,9 @@ fn policy(g: &Listeners, hash: u32, mode: Mode) -> Option<u16> {
         hash,
         mode,
         prefer_cpu: false,
-        bpf: Bpf::<()>::None,
+        bpf: Bpf::None,
     };
-    match choose(g, choice) {
-        Ok(Target::Index(i)) => Some(i),
-        _ => None,
-    }
+    choose(g, choice).ok()
 }
 
 const CALLS: u32 = 5_000_000;

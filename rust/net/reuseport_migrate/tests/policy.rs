@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 use reuseport_migrate_policy::policy::{
-    by_hash, choose, quick, reciprocal_scale, with_room, Bpf, Choice, Failure, Group, Mode, Target,
+    by_hash, choose, quick, reciprocal_scale, with_room, Bpf, Choice, Failure, Group, Mode,
 };
 
 /// A model group: one entry per listener, `(usable, on_this_cpu)`, and the
@@ -24,9 +24,14 @@ impl Model {
     }
 }
 
+/// A listener of the model is its index.
 impl Group for Model {
+    type Sk = u16;
     fn num_socks(&self) -> u16 {
         self.0.len() as u16
+    }
+    fn get(&self, i: u16) -> Option<u16> {
+        (i < self.num_socks()).then_some(i)
     }
     fn usable(&self, i: u16) -> bool {
         self.0[usize::from(i)].0
@@ -79,12 +84,12 @@ fn mode() -> impl Strategy<Value = Mode> {
     prop_oneof![Just(Mode::Off), Just(Mode::Hash), Just(Mode::LoadAware)]
 }
 
-fn verdict() -> impl Strategy<Value = Bpf<u32>> {
+fn verdict() -> impl Strategy<Value = Bpf<u16>> {
     prop_oneof![
         Just(Bpf::None),
         Just(Bpf::Pass),
         Just(Bpf::Drop),
-        any::<u32>().prop_map(Bpf::Selected)
+        any::<u16>().prop_map(Bpf::Selected)
     ]
 }
 
@@ -131,10 +136,10 @@ proptest! {
         let got = choose(&g, Choice { hash, mode, prefer_cpu: cpu, bpf });
         let by_hash = || {
             let i = oracle(&g, hash, cpu).ok_or(Failure::NoListener)?;
-            Ok(Target::Index(if mode == Mode::LoadAware { with_room(&g, hash, i) } else { i }))
+            Ok(if mode == Mode::LoadAware { with_room(&g, hash, i) } else { i })
         };
         let want = match bpf {
-            Bpf::Selected(s) => Ok(Target::Bpf(s)),
+            Bpf::Selected(s) => Ok(s),
             Bpf::Drop => Err(Failure::BpfCancelled),
             Bpf::None if mode == Mode::Off => Err(Failure::Disabled),
             Bpf::None | Bpf::Pass => by_hash(),
@@ -145,10 +150,10 @@ proptest! {
     #[test]
     fn never_a_full_queue_while_another_has_room(g in loaded_model(), hash in any::<u32>(),
                                                   cpu in any::<bool>()) {
-        let c = Choice { hash, mode: Mode::LoadAware, prefer_cpu: cpu, bpf: Bpf::<u32>::None };
+        let c = Choice { hash, mode: Mode::LoadAware, prefer_cpu: cpu, bpf: Bpf::<u16>::None };
         let any_room = (0..g.num_socks()).any(|i| g.takes(i));
         match choose(&g, c) {
-            Ok(Target::Index(i)) => {
+            Ok(i) => {
                 prop_assert!(g.usable(i));
                 prop_assert!(g.takes(i) || !any_room);
                 // Upstream's choice is kept when it has room, and when no
@@ -174,8 +179,8 @@ proptest! {
 
     #[test]
     fn hash_mode_ignores_load(g in loaded_model(), hash in any::<u32>(), cpu in any::<bool>()) {
-        let c = Choice { hash, mode: Mode::Hash, prefer_cpu: cpu, bpf: Bpf::<u32>::None };
-        let want = oracle(&g, hash, cpu).map(Target::Index).ok_or(Failure::NoListener);
+        let c = Choice { hash, mode: Mode::Hash, prefer_cpu: cpu, bpf: Bpf::<u16>::None };
+        let want = oracle(&g, hash, cpu).ok_or(Failure::NoListener);
         prop_assert_eq!(choose(&g, c), want);
     }
 }
@@ -201,10 +206,10 @@ fn full_listener_load_spreads() {
                 hash: k.wrapping_mul(65537),
                 mode: Mode::LoadAware,
                 prefer_cpu: false,
-                bpf: Bpf::<u32>::None,
+                bpf: Bpf::<u16>::None,
             };
             match choose(&g, c) {
-                Ok(Target::Index(i)) => hits[usize::from(i)] += 1,
+                Ok(i) => hits[usize::from(i)] += 1,
                 other => panic!("no target: {other:?}"),
             }
         }
@@ -236,7 +241,7 @@ fn quick_covers_the_common_cases() {
         bpf,
     };
     for mode in [Mode::Off, Mode::Hash, Mode::LoadAware] {
-        assert!(quick(&g, &c(mode, Bpf::Selected(9u32))).is_some());
+        assert!(quick(&g, &c(mode, Bpf::Selected(9u16))).is_some());
         assert!(quick(&g, &c(mode, Bpf::Drop)).is_some());
         assert!(quick(&g, &c(mode, Bpf::Pass)).is_some());
     }
@@ -263,7 +268,7 @@ fn empty_group_has_no_target() {
         hash: 7,
         mode: Mode::LoadAware,
         prefer_cpu: false,
-        bpf: Bpf::<u32>::None,
+        bpf: Bpf::<u16>::None,
     };
     assert_eq!(choose(&g, c), Err(Failure::NoListener));
 }
@@ -298,6 +303,86 @@ fn finds_the_only_usable_listener() {
             let g = Model::plain((0..n).map(|i| (i == only, false)).collect());
             for hash in [0, 1, u32::MAX / 3, u32::MAX / 2, u32::MAX] {
                 assert_eq!(by_hash(&g, hash, true), Some(only));
+            }
+        }
+    }
+}
+
+/// A group whose slots change under the choice, as `__reuseport_detach_sock()`
+/// moves listeners: every read of a slot yields another listener (a fresh
+/// token), usable and with room as `seed` decides. The listener chosen must
+/// be one that was read and found usable (and, with load awareness, with
+/// room unless no read one had room): a choice that read its slot twice
+/// could check one listener and return another.
+struct Churning {
+    n: u16,
+    seed: u64,
+    reads: std::cell::Cell<u32>,
+    checked: std::cell::RefCell<Vec<(u32, bool, Option<bool>)>>,
+}
+
+impl Churning {
+    fn bit(&self, token: u32, k: u32) -> bool {
+        let x = (self.seed ^ u64::from(token).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        (x >> (17 + k)) & 1 == 1
+    }
+    fn note(&self, token: u32, usable: Option<bool>, room: Option<bool>) {
+        let mut c = self.checked.borrow_mut();
+        match c.iter_mut().find(|e| e.0 == token) {
+            Some(e) => {
+                e.1 |= usable.unwrap_or(false);
+                e.2 = room.or(e.2);
+            }
+            None => c.push((token, usable.unwrap_or(false), room)),
+        }
+    }
+}
+
+impl Group for Churning {
+    type Sk = u32;
+    fn num_socks(&self) -> u16 {
+        self.n
+    }
+    fn get(&self, i: u16) -> Option<u32> {
+        (i < self.n).then(|| {
+            self.reads.set(self.reads.get() + 1);
+            self.reads.get()
+        })
+    }
+    fn usable(&self, t: u32) -> bool {
+        let u = self.bit(t, 0);
+        self.note(t, Some(u), None);
+        u
+    }
+    fn on_this_cpu(&self, t: u32) -> bool {
+        self.bit(t, 1)
+    }
+    fn has_room(&self, t: u32) -> bool {
+        let r = self.bit(t, 2);
+        self.note(t, None, Some(r));
+        r
+    }
+}
+
+proptest! {
+    #[test]
+    fn returns_the_listener_it_checked(n in 1u16..40, seed in any::<u64>(), hash in any::<u32>(),
+                                       mode in mode(), cpu in any::<bool>()) {
+        let g = Churning { n, seed, reads: 0.into(), checked: Vec::new().into() };
+        let got = choose(&g, Choice { hash, mode, prefer_cpu: cpu, bpf: Bpf::None });
+        let checked = g.checked.borrow();
+        match got {
+            Ok(t) => {
+                let e = checked.iter().find(|e| e.0 == t);
+                prop_assert!(e.is_some_and(|e| e.1), "returned {t}, never found usable");
+                if mode == Mode::LoadAware && checked.iter().any(|e| e.1 && e.2 == Some(true)) {
+                    prop_assert_eq!(e.and_then(|e| e.2), Some(true));
+                }
+            }
+            Err(f) => {
+                prop_assert!(mode == Mode::Off && f == Failure::Disabled
+                    || f == Failure::NoListener && !checked.iter().any(|e| e.1));
             }
         }
     }
