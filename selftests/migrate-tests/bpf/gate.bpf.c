@@ -19,6 +19,16 @@
  * the target is chosen and referenced, the migrating socket not yet queued
  * on it, and the target may stop listening in between.
  *
+ * dead_child_ack, dead_child_close and dead_child_done, attached together,
+ * order a final ACK and a close() of its listener so that the child is
+ * created from a listener that close() has orphaned (SOCK_DEAD set) but
+ * not yet destroyed (it still holds its port, so the child can be made):
+ * the ACK waits at the entry of tcp_check_req(), after tcp_v4_rcv() found
+ * the listener listening, until the close() reaches
+ * inet_csk_destroy_sock(listener); the close() waits there until the ACK
+ * returns from tcp_check_req(). No userspace step is needed inside the
+ * window, so both CPUs can be held at once.
+ *
  * Userspace sets the listening port and arms the gate; the next call for a
  * listener on that port disarms it, sets "holding" and spins until
  * "release" is set or MAX_HOLD_NS has passed ("timed_out"). Calls for other
@@ -142,6 +152,116 @@ int BPF_KRETPROBE(migrate_gate, void *target)
 	if (!target)
 		return 0;
 	return hold_if_armed(target);
+}
+
+/* The stages of the dead_child_* programs. */
+enum {
+	CHAIN_IDLE,
+	CHAIN_ACK_HELD,		/* the ACK waits in tcp_check_req() */
+	CHAIN_CLOSE_HELD,	/* close() waits in inet_csk_destroy_sock() */
+	CHAIN_ACK_DONE,		/* tcp_check_req() returned */
+};
+
+struct chain {
+	__u32 armed;
+	__u32 port;
+	__u32 stage;
+	__u32 timed_out;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct chain);
+} chain_map SEC(".maps");
+
+struct chain_wait {
+	struct chain *c;
+	__u32 stage;
+	__u64 deadline;
+};
+
+static long stage_reached(__u64 i, void *data)
+{
+	struct chain_wait *w = data;
+
+	if (*(volatile __u32 *)&w->c->stage >= w->stage)
+		return 1;
+	if (bpf_ktime_get_ns() > w->deadline) {
+		w->c->timed_out = 1;
+		return 1;
+	}
+	return 0;
+}
+
+/* Spins until the chain reaches @stage or MAX_HOLD_NS has passed. */
+static void wait_for_stage(struct chain *c, __u32 stage)
+{
+	struct chain_wait w = {
+		.c = c,
+		.stage = stage,
+		.deadline = bpf_ktime_get_ns() + MAX_HOLD_NS,
+	};
+	int i;
+
+	for (i = 0; i < 64; i++) {
+		bpf_loop(1 << 23, stage_reached, &w, 0);
+		if (*(volatile __u32 *)&c->stage >= stage || c->timed_out)
+			return;
+	}
+	c->timed_out = 1;
+}
+
+static struct chain *chain(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&chain_map, &zero);
+}
+
+static __u16 port_of(void *sk)
+{
+	__u16 port = 0;
+
+	bpf_probe_read_kernel(&port, sizeof(port), sk + SKC_NUM_OFFSET);
+	return port;
+}
+
+SEC("kprobe/tcp_check_req")
+int BPF_KPROBE(dead_child_ack, void *listener)
+{
+	struct chain *c = chain();
+
+	if (!c || !*(volatile __u32 *)&c->armed || port_of(listener) != c->port)
+		return 0;
+	c->armed = 0;
+	c->stage = CHAIN_ACK_HELD;
+	wait_for_stage(c, CHAIN_CLOSE_HELD);
+	return 0;
+}
+
+SEC("kprobe/inet_csk_destroy_sock")
+int BPF_KPROBE(dead_child_close, void *sk)
+{
+	struct chain *c = chain();
+
+	if (!c || *(volatile __u32 *)&c->stage != CHAIN_ACK_HELD ||
+	    port_of(sk) != c->port)
+		return 0;
+	c->stage = CHAIN_CLOSE_HELD;
+	wait_for_stage(c, CHAIN_ACK_DONE);
+	return 0;
+}
+
+SEC("kretprobe/tcp_check_req")
+int BPF_KRETPROBE(dead_child_done)
+{
+	struct chain *c = chain();
+
+	if (c && *(volatile __u32 *)&c->stage == CHAIN_CLOSE_HELD)
+		c->stage = CHAIN_ACK_DONE;
+	return 0;
 }
 
 char LICENSE[] SEC("license") = "GPL";

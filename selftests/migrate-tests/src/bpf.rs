@@ -122,19 +122,45 @@ impl GateAt {
 pub struct Gate {
     obj: Object,
     _link: Link,
-    /// `debug.kprobes-optimization` to restore, if the kernel has it.
-    optimization: Option<String>,
+    _optimization: NoKprobeOptimization,
 }
 
 const KPROBES_OPTIMIZATION: &str = "/proc/sys/debug/kprobes-optimization";
 
-impl Drop for Gate {
+/// Kprobe optimization off while a program that holds a CPU is attached
+/// (see [`Gate`]), and restored on drop.
+struct NoKprobeOptimization(Option<String>);
+
+impl NoKprobeOptimization {
+    fn new() -> Result<Self> {
+        match std::fs::read_to_string(KPROBES_OPTIMIZATION) {
+            Ok(v) => {
+                std::fs::write(KPROBES_OPTIMIZATION, "0")
+                    .with_context(|| format!("write 0 to {KPROBES_OPTIMIZATION}"))?;
+                Ok(NoKprobeOptimization(Some(v)))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(NoKprobeOptimization(None)),
+            Err(e) => Err(e).context(format!("read {KPROBES_OPTIMIZATION}")),
+        }
+    }
+}
+
+impl Drop for NoKprobeOptimization {
     fn drop(&mut self) {
-        if let Some(v) = &self.optimization {
+        if let Some(v) = &self.0 {
             // Best effort: the next test sets it again anyway.
             let _ = std::fs::write(KPROBES_OPTIMIZATION, v);
         }
     }
+}
+
+/// Attaches the program `name` of `obj`.
+fn attach(obj: &mut Object, name: &str) -> Result<Link> {
+    obj.progs_mut()
+        .find(|p| p.name() == name)
+        .ok_or_else(|| anyhow!("program {name} missing"))?
+        .attach()
+        .with_context(|| format!("attach {name}"))
 }
 
 /// Byte offsets of the fields of `struct gate` in bpf/gate.bpf.c.
@@ -152,27 +178,13 @@ impl Gate {
     /// Loads the programs and attaches the kprobe `at`; the gate starts
     /// unarmed.
     pub fn attach(at: GateAt) -> Result<Gate> {
-        let optimization = match std::fs::read_to_string(KPROBES_OPTIMIZATION) {
-            Ok(v) => {
-                std::fs::write(KPROBES_OPTIMIZATION, "0")
-                    .with_context(|| format!("write 0 to {KPROBES_OPTIMIZATION}"))?;
-                Some(v)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(e).context(format!("read {KPROBES_OPTIMIZATION}")),
-        };
-        let obj = load(GATE_OBJ, "gate")?;
-        let name = at.program();
-        let link = obj
-            .progs_mut()
-            .find(|p| p.name() == name)
-            .ok_or_else(|| anyhow!("program {name} missing"))?
-            .attach()
-            .with_context(|| format!("attach kprobe {name}"))?;
+        let optimization = NoKprobeOptimization::new()?;
+        let mut obj = load(GATE_OBJ, "gate")?;
+        let link = attach(&mut obj, at.program())?;
         Ok(Gate {
             obj,
             _link: link,
-            optimization,
+            _optimization: optimization,
         })
     }
 
@@ -246,6 +258,81 @@ impl Gate {
                 "gate: held {held} time(s), timed out: {} (want 1, 0)",
                 self.field(GATE_TIMED_OUT)?
             );
+        }
+        Ok(())
+    }
+}
+
+/// The dead_child_* programs of bpf/gate.bpf.c: a final ACK for the test's
+/// port held at tcp_check_req() until a close() of its listener reaches
+/// inet_csk_destroy_sock(), which is held until the ACK's tcp_check_req()
+/// returns. The child is then made from an orphaned listener.
+pub struct DeadChildGate {
+    obj: Object,
+    _links: Vec<Link>,
+    _optimization: NoKprobeOptimization,
+}
+
+/// Byte offsets of the fields of `struct chain` in bpf/gate.bpf.c, and its
+/// stages.
+const CHAIN_ARMED: usize = 0;
+const CHAIN_PORT: usize = 4;
+const CHAIN_STAGE: usize = 8;
+const CHAIN_TIMED_OUT: usize = 12;
+const CHAIN_SIZE: usize = 16;
+pub const CHAIN_ACK_HELD: u32 = 1;
+pub const CHAIN_ACK_DONE: u32 = 3;
+
+impl DeadChildGate {
+    pub fn attach() -> Result<DeadChildGate> {
+        let optimization = NoKprobeOptimization::new()?;
+        let mut obj = load(GATE_OBJ, "gate")?;
+        let links = ["dead_child_ack", "dead_child_close", "dead_child_done"]
+            .iter()
+            .map(|name| attach(&mut obj, name))
+            .collect::<Result<_>>()?;
+        Ok(DeadChildGate {
+            obj,
+            _links: links,
+            _optimization: optimization,
+        })
+    }
+
+    fn field(&self, off: usize) -> Result<u32> {
+        let v = map(&self.obj, "chain_map")?
+            .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .context("lookup chain_map")?
+            .ok_or_else(|| anyhow!("chain_map[0] missing"))?;
+        let v: [u8; CHAIN_SIZE] = v
+            .as_slice()
+            .try_into()
+            .map_err(|_| anyhow!("chain_map value: {} bytes", v.len()))?;
+        Ok(u32::from_ne_bytes(
+            v[off..off + 4].try_into().expect("4 bytes"),
+        ))
+    }
+
+    /// The next final ACK for a listener of `port` is held.
+    pub fn arm(&self, port: u16) -> Result<()> {
+        let mut v = [0u8; CHAIN_SIZE];
+        v[CHAIN_PORT..CHAIN_PORT + 4].copy_from_slice(&u32::from(port).to_ne_bytes());
+        v[CHAIN_ARMED..CHAIN_ARMED + 4].copy_from_slice(&1u32.to_ne_bytes());
+        map(&self.obj, "chain_map")?
+            .update(&0u32.to_ne_bytes(), &v, MapFlags::ANY)
+            .context("update chain_map")
+    }
+
+    /// Waits until the chain reached `stage`, and checks that no hold ran
+    /// into its time limit.
+    pub fn wait_stage(&self, stage: u32) -> Result<()> {
+        if !wait_until(EVENT_TIMEOUT, || Ok(self.field(CHAIN_STAGE)? >= stage))? {
+            bail!(
+                "the dead-child gate reached stage {} of {stage} within {EVENT_TIMEOUT:?}",
+                self.field(CHAIN_STAGE)?
+            );
+        }
+        if self.field(CHAIN_TIMED_OUT)? != 0 {
+            bail!("a hold of the dead-child gate timed out: the window was not held");
         }
         Ok(())
     }

@@ -181,7 +181,7 @@ impl TcpExt {
 
 /// Why a migration failed: the per-reason TcpExt counters the series adds
 /// next to `TCPMigrateReqFailure` (they partition it), and the `result=`
-/// name the `sock:reuseport_migrate` tracepoint gives each.
+/// name the `tcp:tcp_reuseport_migrate` tracepoint gives each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
     NoListener,
@@ -191,10 +191,11 @@ pub enum Reason {
     QueueFull,
     TargetClosed,
     Expired,
+    Other,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 8] = [
         Reason::NoListener,
         Reason::Disabled,
         Reason::Bpf,
@@ -202,6 +203,7 @@ impl Reason {
         Reason::QueueFull,
         Reason::TargetClosed,
         Reason::Expired,
+        Reason::Other,
     ];
 
     pub fn counter(self) -> &'static str {
@@ -213,6 +215,7 @@ impl Reason {
             Reason::QueueFull => "TCPMigrateReqFailQueueFull",
             Reason::TargetClosed => "TCPMigrateReqFailTargetClosed",
             Reason::Expired => "TCPMigrateReqFailExpired",
+            Reason::Other => "TCPMigrateReqFailOther",
         }
     }
 
@@ -225,6 +228,7 @@ impl Reason {
             Reason::QueueFull => "queue_full",
             Reason::TargetClosed => "target_closed",
             Reason::Expired => "expired",
+            Reason::Other => "other",
         }
     }
 }
@@ -241,9 +245,9 @@ pub fn start_trace(kernel: Kernel, port: u16) -> Result<Option<Trace>> {
 }
 
 const TRACEFS: &str = "/sys/kernel/tracing";
-const TRACE_EVENT: &str = "events/sock/reuseport_migrate";
+const TRACE_EVENT: &str = "events/tcp/tcp_reuseport_migrate";
 
-/// The `sock:reuseport_migrate` tracepoint, enabled through tracefs and
+/// The `tcp:tcp_reuseport_migrate` tracepoint, enabled through tracefs and
 /// filtered on one listening port. The trace buffer is global, which is
 /// fine: the suite runs one test at a time.
 pub struct Trace {
@@ -274,7 +278,7 @@ impl Trace {
         }
         let ev = root.join(TRACE_EVENT);
         if !ev.exists() {
-            bail!("kernel has no tracepoint sock:reuseport_migrate ({TRACEFS}/{TRACE_EVENT})");
+            bail!("kernel has no tracepoint tcp:tcp_reuseport_migrate ({TRACEFS}/{TRACE_EVENT})");
         }
         let t = Trace { port };
         t.write(&format!("{TRACE_EVENT}/enable"), "0")?;
@@ -298,7 +302,10 @@ impl Trace {
         let text = fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
         let mut out = HashMap::new();
         let port = format!("sport={}", self.port);
-        for line in text.lines().filter(|l| l.contains("reuseport_migrate:")) {
+        for line in text
+            .lines()
+            .filter(|l| l.contains("tcp_reuseport_migrate:"))
+        {
             let field = |key: &str| {
                 line.split_whitespace()
                     .find_map(|w| w.strip_prefix(key))
@@ -439,7 +446,7 @@ impl Checks {
             got.sort();
             want_events.sort();
             self.eq(
-                "sock:reuseport_migrate events (kind/result=count)",
+                "tcp:tcp_reuseport_migrate events (kind/result=count)",
                 got.join(" "),
                 want_events.join(" "),
             );

@@ -71,9 +71,14 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("bpf_select", |f, _| scenarios::bpf_select(f)),
     ("bpf_drop", scenarios::bpf_drop),
     ("closed_during_ack", scenarios::closed_during_ack),
+    ("closed_during_ack_bpf", scenarios::closed_during_ack_bpf),
     (
         "child_of_closing_listener",
         scenarios::child_of_closing_listener,
+    ),
+    (
+        "child_of_orphaned_listener",
+        scenarios::child_of_orphaned_listener,
     ),
     (
         "target_closed_during_ack",

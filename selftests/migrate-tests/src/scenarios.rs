@@ -9,14 +9,17 @@
 //! the ones the test means to receive the migrated sockets.
 
 use std::ops::Range;
+use std::os::fd::AsRawFd;
 use std::thread;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 
-use crate::bpf::{Gate, GateAt, HoldAck, Migrate, Stat, Steer};
+use crate::bpf::{
+    DeadChildGate, Gate, GateAt, HoldAck, Migrate, Stat, Steer, CHAIN_ACK_DONE, CHAIN_ACK_HELD,
+};
 use crate::harness::{
-    count_on, exchange, fates, note, pin_to_cpu, read_sysctl, set_migrate_req, set_sysctl,
+    count_on, exchange, fates, note, pin_to_cpu, poll_fd, read_sysctl, set_migrate_req, set_sysctl,
     setsockopt_int, start_trace, tcp_state, wait_until, write_sysctl, Accepted, Checks, Client,
     Deadline, Family, Group, Kernel, Reason, Stop, TcpExt, ALL_FAILURES, EVENT_TIMEOUT,
     LISTEN_DROPS, LISTEN_OVERFLOWS, MIGRATE_FAIL, MIGRATE_OK, MIGRATE_REQ, SYNACK_RETRANS,
@@ -539,10 +542,35 @@ fn close_on_other_cpu(g: &mut Group, i: usize) -> Result<thread::JoinHandle<Resu
 /// holds the handshake in that window). Upstream resets the client
 /// although L1 listens; the series hands the child to L1.
 pub fn closed_during_ack(fam: Family, kernel: Kernel) -> Result<()> {
-    set_migrate_req(true)?;
+    held_ack_while_closing(fam, kernel, false)
+}
+
+/// [`closed_during_ack`] with a migrate program choosing L1 and the sysctl
+/// off: the program runs for the late migration and must see it as a
+/// request migrated at its final ACK (a non-zero `len`), not as the
+/// SYN+ACK timer's zero-length case.
+pub fn closed_during_ack_bpf(fam: Family, kernel: Kernel) -> Result<()> {
+    held_ack_while_closing(fam, kernel, true)
+}
+
+fn held_ack_while_closing(fam: Family, kernel: Kernel, program: bool) -> Result<()> {
     let mut g = Group::bind(fam, 2)?;
     let mut ck = Checks::new();
-    g.listen(0)?;
+    let steer = match program {
+        false => {
+            set_migrate_req(true)?;
+            g.listen(0)?;
+            None
+        }
+        true => {
+            // Both listen, the program places the SYN on L0.
+            set_migrate_req(false)?;
+            let steer = steer_listen(&g)?;
+            steer.place_syns(Some(0))?;
+            steer.on_migrate(Migrate::To(1))?;
+            Some(steer)
+        }
+    };
     let gate = Gate::attach(GateAt::Hashdance)?;
     gate.arm(g.port)?;
     let trace = start_trace(kernel, g.port)?;
@@ -560,7 +588,9 @@ pub fn closed_during_ack(fam: Family, kernel: Kernel) -> Result<()> {
         };
         return Err(e.context(client));
     }
-    g.listen(1)?;
+    if steer.is_none() {
+        g.listen(1)?;
+    }
     g.stop(0, Stop::Close)?;
     gate.release()?;
     let connected = join(connecting);
@@ -592,7 +622,111 @@ pub fn closed_during_ack(fam: Family, kernel: Kernel) -> Result<()> {
     let ok = u((kernel == Kernel::Patched).into());
     let now = ck.reasons(kernel, &start, trace.as_ref(), "request", &[])?;
     ck.migrations("", &start, &now, ok, 0)?;
+    if let Some(steer) = steer {
+        let want = format!(
+            "SynSelected=1 MigrateEstablished=0 MigrateSynRecv=0 MigrateReqAck={ok} \
+             MigrateReqTimer=0 MigrateDropped=0 SelectError=0"
+        );
+        ck.eq("program counters", steer_stats(&steer)?, want);
+    }
     ck.finish()
+}
+
+/// The final ACK of a handshake finds L0 listening, then waits (the
+/// dead-child gate) until close() has orphaned L0, SOCK_DEAD set, but not
+/// yet released its port; the child is created from L0 in that state and,
+/// L0 closed, migrated late to L1. The series clears SOCK_DEAD on the
+/// child: L1's accept() must return a live socket, one whose data wakes up
+/// a reader. Upstream forgets the child and resets the client.
+pub fn child_of_orphaned_listener(fam: Family, kernel: Kernel) -> Result<()> {
+    set_migrate_req(true)?;
+    let mut g = Group::bind(fam, 2)?;
+    let mut ck = Checks::new();
+    g.listen(0)?;
+    let gate = DeadChildGate::attach()?;
+    gate.arm(g.port)?;
+    let start = TcpExt::read()?;
+
+    let addr = g.addr();
+    let connecting = on_other_cpu(move || Client::connect(fam, addr, 0))?;
+    if let Err(e) = gate.wait_stage(CHAIN_ACK_HELD) {
+        let client = match connecting.is_finished() {
+            true => format!("connect returned {:?}", join(connecting).map(|_| ())),
+            false => "connect still waiting".to_string(),
+        };
+        return Err(e.context(client));
+    }
+    g.listen(1)?;
+    // This close() waits in the gate until the ACK has made its child.
+    g.stop(0, Stop::Close)?;
+    gate.wait_stage(CHAIN_ACK_DONE)?;
+    let connected = join(connecting);
+
+    match kernel {
+        Kernel::Patched => {
+            let mut client = connected?;
+            ck.eq("L1 queue after the held ACK", g.wait_queued(1, 1)?, 1);
+            let acc = g.accept_all(1)?;
+            ck.eq("accepted from L1", count_on(&acc, 1), 1);
+            let waited = data_wakes_reader(&acc[0], &mut client)?;
+            ck.eq(
+                &format!("reader woken by the hello (after {waited:?})"),
+                waited < WAKE_LIMIT / 2,
+                true,
+            );
+            exchange(&[client], &acc)?.check_all_served(&mut ck, 1);
+            note(&format!(
+                "the child went to L1, alive (reader woken after {waited:?})"
+            ));
+        }
+        Kernel::Base => {
+            let fate = match connected {
+                Ok(c) => fates(&[c], Deadline::after(EVENT_TIMEOUT))?.to_string(),
+                Err(e) if is_reset(&e) => "reset during connect".into(),
+                Err(e) => return Err(e),
+            };
+            let reset = fate == "reset during connect" || fate.contains(" reset=1 ");
+            ck.eq(&format!("client reset ({fate})"), reset, true);
+            ck.eq("L1 queue after the held ACK", g.queued(1)?, 0);
+        }
+    }
+    let now = TcpExt::read()?;
+    ck.migrations("", &start, &now, u((kernel == Kernel::Patched).into()), 0)?;
+    ck.finish()
+}
+
+/// How long a reader of a dead child may wait for a wakeup that never comes.
+const WAKE_LIMIT: Duration = Duration::from_secs(4);
+
+/// A thread of this process blocks in poll() for data on `a`; then the
+/// client sends its hello. Returns how long the poll() waited: a socket
+/// marked SOCK_DEAD skips its data wakeups, so its reader wakes only at the
+/// end of WAKE_LIMIT, whereas a live one is woken by the data.
+fn data_wakes_reader(a: &Accepted, client: &mut Client) -> Result<Duration> {
+    let fd = a.sock.as_raw_fd();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = thread::spawn(move || -> Result<Duration> {
+        // SAFETY: no requirement.
+        tx.send(unsafe { libc::gettid() }).ok();
+        let t = std::time::Instant::now();
+        poll_fd(fd, libc::POLLIN, Deadline::after(WAKE_LIMIT))?;
+        Ok(t.elapsed())
+    });
+    let tid = rx.recv().context("reader thread")?;
+    let syscall = format!("/proc/self/task/{tid}/syscall");
+    // The poll() must be waiting before the data comes, or it would see the
+    // data without a wakeup. 7 and 271 are poll and ppoll on x86_64.
+    let blocked = wait_until(EVENT_TIMEOUT, || {
+        let s = std::fs::read_to_string(&syscall).unwrap_or_default();
+        Ok(s.starts_with("7 ") || s.starts_with("271 "))
+    })?;
+    if !blocked {
+        return Err(anyhow!("the reader never blocked in poll() ({syscall})"));
+    }
+    client.send_hello()?;
+    reader
+        .join()
+        .map_err(|_| anyhow!("reader thread panicked"))?
 }
 
 /// A handshake completes on L0 while close() is between setting L0's
