@@ -85,6 +85,10 @@ const SCENARIOS: &[(&str, Scenario)] = &[
         scenarios::target_closed_during_ack,
     ),
     (
+        "target_closed_during_ack_third",
+        scenarios::target_closed_during_ack_third,
+    ),
+    (
         "target_closed_during_close",
         scenarios::target_closed_during_close,
     ),
