@@ -553,6 +553,19 @@ pub fn closed_during_ack_bpf(fam: Family, kernel: Kernel) -> Result<()> {
     held_ack_while_closing(fam, kernel, true)
 }
 
+/// Checks that the client of a held handshake was reset, and says how: the
+/// reset may beat connect() to the client's POLLOUT.
+fn reset_client(ck: &mut Checks, connected: Result<Client>) -> Result<String> {
+    let fate = match connected {
+        Ok(c) => fates(&[c], Deadline::after(EVENT_TIMEOUT))?.to_string(),
+        Err(e) if is_reset(&e) => "reset during connect".into(),
+        Err(e) => return Err(e),
+    };
+    let reset = fate == "reset during connect" || fate.contains(" reset=1 ");
+    ck.eq(&format!("client reset ({fate})"), reset, true);
+    Ok(fate)
+}
+
 fn held_ack_while_closing(fam: Family, kernel: Kernel, program: bool) -> Result<()> {
     let mut g = Group::bind(fam, 2)?;
     let mut ck = Checks::new();
@@ -607,14 +620,7 @@ fn held_ack_while_closing(fam: Family, kernel: Kernel, program: bool) -> Result<
             note("the child went to L1 and was served");
         }
         Kernel::Base => {
-            // The reset may beat connect() to the client's POLLOUT.
-            let fate = match connected {
-                Ok(c) => fates(&[c], Deadline::after(EVENT_TIMEOUT))?.to_string(),
-                Err(e) if is_reset(&e) => "reset during connect".into(),
-                Err(e) => return Err(e),
-            };
-            let reset = fate == "reset during connect" || fate.contains(" reset=1 ");
-            ck.eq(&format!("client reset ({fate})"), reset, true);
+            let fate = reset_client(&mut ck, connected)?;
             note(&format!("the client was reset ({fate})"));
             ck.eq("L1 queue after the held ACK", g.queued(1)?, 0);
         }
@@ -680,13 +686,7 @@ pub fn child_of_orphaned_listener(fam: Family, kernel: Kernel) -> Result<()> {
             ));
         }
         Kernel::Base => {
-            let fate = match connected {
-                Ok(c) => fates(&[c], Deadline::after(EVENT_TIMEOUT))?.to_string(),
-                Err(e) if is_reset(&e) => "reset during connect".into(),
-                Err(e) => return Err(e),
-            };
-            let reset = fate == "reset during connect" || fate.contains(" reset=1 ");
-            ck.eq(&format!("client reset ({fate})"), reset, true);
+            reset_client(&mut ck, connected)?;
             ck.eq("L1 queue after the held ACK", g.queued(1)?, 0);
         }
     }
@@ -773,55 +773,6 @@ pub fn child_of_closing_listener(fam: Family, kernel: Kernel) -> Result<()> {
     ck.finish()
 }
 
-/// As [`target_closed_during_ack`], but a third listener, L2, listens by
-/// the time the target L1 closes: the series asks L1's group again and L2
-/// serves the client (one TargetClosed failure, then one success);
-/// upstream resets it.
-pub fn target_closed_during_ack_third(fam: Family, kernel: Kernel) -> Result<()> {
-    set_migrate_req(true)?;
-    let mut g = Group::bind(fam, 3)?;
-    let mut ck = Checks::new();
-    g.listen(0)?;
-    let (hold, clients) = held_handshakes(fam, &g, 1)?;
-    let mut client = clients.into_iter().next().context("one client")?;
-    g.listen(1)?;
-    let gate = Gate::attach(GateAt::Hashdance)?;
-    gate.arm(g.port)?;
-    let trace = start_trace(kernel, g.port)?;
-    let start = TcpExt::read()?;
-
-    g.stop(0, Stop::Close)?;
-    hold.release()?;
-    let sending = on_other_cpu(move || client.send_hello().map(|()| client))?;
-    gate.wait_holding()?;
-    // The held child's target is L1, the only listener when its ACK came.
-    g.listen(2)?;
-    g.stop(1, Stop::Close)?;
-    gate.release()?;
-    let clients = [join(sending)?];
-    match kernel {
-        Kernel::Patched => {
-            ck.eq("L2 queue after the held ACK", g.wait_queued(2, 1)?, 1);
-            let acc = g.accept_all(1)?;
-            ck.eq("accepted from L2", count_on(&acc, 2), 1);
-            exchange(&clients, &acc)?.check_all_served(&mut ck, 1);
-            let now = ck.reasons(
-                kernel,
-                &start,
-                trace.as_ref(),
-                "request",
-                &[(Reason::TargetClosed, 1)],
-            )?;
-            ck.migrations("", &start, &now, 1, 1)?;
-            note("L1 closed under the child, L2 took it");
-        }
-        Kernel::Base => {
-            target_closed_reset(&mut ck, kernel, &start, trace.as_ref(), &clients, "request")?
-        }
-    }
-    ck.finish()
-}
-
 /// The one client of a test whose migration target closed in the window was
 /// reset, and its `kind` of socket counted one TargetClosed failure.
 fn target_closed_reset(
@@ -847,8 +798,20 @@ fn target_closed_reset(
 /// counts one failure; the series says why, and counts its second attempt,
 /// asking L1's group for another listener, as a failure with no listener.
 pub fn target_closed_during_ack(fam: Family, kernel: Kernel) -> Result<()> {
+    target_closes_during_ack(fam, kernel, false)
+}
+
+/// As [`target_closed_during_ack`], but a third listener, L2, listens by
+/// the time the target L1 closes: the series asks L1's group again and L2
+/// serves the client (one TargetClosed failure, then one success);
+/// upstream resets it.
+pub fn target_closed_during_ack_third(fam: Family, kernel: Kernel) -> Result<()> {
+    target_closes_during_ack(fam, kernel, true)
+}
+
+fn target_closes_during_ack(fam: Family, kernel: Kernel, third: bool) -> Result<()> {
     set_migrate_req(true)?;
-    let mut g = Group::bind(fam, 2)?;
+    let mut g = Group::bind(fam, if third { 3 } else { 2 })?;
     let mut ck = Checks::new();
     g.listen(0)?;
     let (hold, clients) = held_handshakes(fam, &g, 1)?;
@@ -863,14 +826,33 @@ pub fn target_closed_during_ack(fam: Family, kernel: Kernel) -> Result<()> {
     hold.release()?;
     let sending = on_other_cpu(move || client.send_hello().map(|()| client))?;
     gate.wait_holding()?;
+    // The held child's target is L1, the only listener when its ACK came.
+    if third {
+        g.listen(2)?;
+    }
     g.stop(1, Stop::Close)?;
     gate.release()?;
     let clients = [join(sending)?];
-    match kernel {
-        Kernel::Base => {
+    match (kernel, third) {
+        (Kernel::Base, _) => {
             target_closed_reset(&mut ck, kernel, &start, trace.as_ref(), &clients, "request")?
         }
-        Kernel::Patched => {
+        (Kernel::Patched, true) => {
+            ck.eq("L2 queue after the held ACK", g.wait_queued(2, 1)?, 1);
+            let acc = g.accept_all(1)?;
+            ck.eq("accepted from L2", count_on(&acc, 2), 1);
+            exchange(&clients, &acc)?.check_all_served(&mut ck, 1);
+            let now = ck.reasons(
+                kernel,
+                &start,
+                trace.as_ref(),
+                "request",
+                &[(Reason::TargetClosed, 1)],
+            )?;
+            ck.migrations("", &start, &now, 1, 1)?;
+            note("L1 closed under the child, L2 took it");
+        }
+        (Kernel::Patched, false) => {
             ck.eq(
                 "client fate",
                 fates(&clients, Deadline::after(EVENT_TIMEOUT))?.to_string(),
