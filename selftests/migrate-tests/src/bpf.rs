@@ -29,6 +29,17 @@ fn map<'o>(obj: &'o Object, name: &str) -> Result<Map<'o>> {
         .ok_or_else(|| anyhow!("BPF map {name} missing"))
 }
 
+/// Entry 0 of the array map `name`, a value of exactly `N` bytes.
+fn value0<const N: usize>(obj: &Object, name: &str) -> Result<[u8; N]> {
+    let v = map(obj, name)?
+        .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+        .with_context(|| format!("lookup {name}"))?
+        .ok_or_else(|| anyhow!("{name}[0] missing"))?;
+    v.as_slice()
+        .try_into()
+        .map_err(|_| anyhow!("{name} value: {} bytes", v.len()))
+}
+
 fn put_u32(obj: &Object, map_name: &str, key: u32, val: u32) -> Result<()> {
     map(obj, map_name)?
         .update(&key.to_ne_bytes(), &val.to_ne_bytes(), MapFlags::ANY)
@@ -189,13 +200,7 @@ impl Gate {
     }
 
     fn read(&self) -> Result<[u8; GATE_SIZE]> {
-        let v = map(&self.obj, "gate_map")?
-            .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
-            .context("lookup gate_map")?
-            .ok_or_else(|| anyhow!("gate_map[0] missing"))?;
-        v.as_slice()
-            .try_into()
-            .map_err(|_| anyhow!("gate_map value: {} bytes", v.len()))
+        value0(&self.obj, "gate_map")
     }
 
     fn field(&self, off: usize) -> Result<u32> {
@@ -299,14 +304,7 @@ impl DeadChildGate {
     }
 
     fn field(&self, off: usize) -> Result<u32> {
-        let v = map(&self.obj, "chain_map")?
-            .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
-            .context("lookup chain_map")?
-            .ok_or_else(|| anyhow!("chain_map[0] missing"))?;
-        let v: [u8; CHAIN_SIZE] = v
-            .as_slice()
-            .try_into()
-            .map_err(|_| anyhow!("chain_map value: {} bytes", v.len()))?;
+        let v: [u8; CHAIN_SIZE] = value0(&self.obj, "chain_map")?;
         Ok(u32::from_ne_bytes(
             v[off..off + 4].try_into().expect("4 bytes"),
         ))

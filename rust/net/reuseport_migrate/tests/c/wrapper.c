@@ -7,7 +7,7 @@ int shim_this_cpu;
 /*
  * Builds a group of @n listeners from the arrays, runs the C
  * reuseport_migrate_choose() and returns the chosen listener's index,
- * -1 for @selected_sk (the BPF program's choice), or -2 for none, with
+ * -1 for the listener the BPF program selected, or -2 for none, with
  * the result in *@result.
  */
 int c_choose(u16 n, const u8 *state, const int *cpu, const u32 *backlog,
