@@ -15,6 +15,11 @@
  * close() has set SHUTDOWN_MASK on the listener but it still listens, so
  * handshakes completing meanwhile create children from a shut-down socket.
  *
+ * queue_add_gate, at inet_csk_reqsk_queue_add(): a Fast Open child (made
+ * when its SYN arrives) or a syncookie child (made when a cookie ACK
+ * arrives) exists and is about to be queued on a listener that
+ * tcp_v4_rcv()/tcp_v6_rcv() found listening without taking its lock.
+ *
  * migrate_gate, at the return of reuseport_migrate_sock() with a target:
  * the target is chosen and referenced, the migrating socket not yet queued
  * on it, and the target may stop listening in between.
@@ -144,6 +149,12 @@ int BPF_KPROBE(close_gate, void *sk, int state)
 	if (old != TCP_LISTEN)
 		return 0;
 	return hold_if_armed(sk);
+}
+
+SEC("kprobe/inet_csk_reqsk_queue_add")
+int BPF_KPROBE(queue_add_gate, void *listener)
+{
+	return hold_if_armed(listener);
 }
 
 SEC("kretprobe/reuseport_migrate_sock")

@@ -105,6 +105,10 @@ pub enum GateAt {
     /// tcp_set_state(listener, TCP_CLOSE) in __tcp_close(): close() has set
     /// SHUTDOWN_MASK on the listener, which still listens.
     Close,
+    /// The entry of inet_csk_reqsk_queue_add(): a Fast Open or syncookie
+    /// child exists and is about to be queued on the listener it was made
+    /// from.
+    QueueAdd,
     /// The return of reuseport_migrate_sock() with a target: chosen and
     /// referenced, the migrating socket not yet queued on it.
     Migrated,
@@ -115,6 +119,7 @@ impl GateAt {
         match self {
             GateAt::Hashdance => "hashdance_gate",
             GateAt::Close => "close_gate",
+            GateAt::QueueAdd => "queue_add_gate",
             GateAt::Migrated => "migrate_gate",
         }
     }

@@ -80,6 +80,12 @@ const SCENARIOS: &[(&str, Scenario)] = &[
         "child_of_orphaned_listener",
         scenarios::child_of_orphaned_listener,
     ),
+    ("tfo_closed_before_queued", |f, k| {
+        scenarios::closed_before_queued(f, k, scenarios::Path::FastOpen)
+    }),
+    ("syncookie_closed_before_queued", |f, k| {
+        scenarios::closed_before_queued(f, k, scenarios::Path::Syncookie)
+    }),
     (
         "target_closed_during_ack",
         scenarios::target_closed_during_ack,

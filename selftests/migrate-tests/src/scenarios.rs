@@ -15,6 +15,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 
+mod closed_before_queued;
+pub use closed_before_queued::{closed_before_queued, Path};
+
 use crate::bpf::{
     DeadChildGate, Gate, GateAt, HoldAck, Migrate, Stat, Steer, CHAIN_ACK_DONE, CHAIN_ACK_HELD,
 };
