@@ -558,12 +558,18 @@ pub fn closed_during_ack_bpf(fam: Family, kernel: Kernel) -> Result<()> {
 
 /// Checks that the client of a held handshake was reset, and says how: the
 /// reset may beat connect() to the client's POLLOUT.
-fn reset_client(ck: &mut Checks, connected: Result<Client>) -> Result<String> {
-    let fate = match connected {
+/// What became of a client whose connect() may have failed: its fate, or
+/// "reset during connect".
+fn client_fate(connected: Result<Client>) -> Result<String> {
+    Ok(match connected {
         Ok(c) => fates(&[c], Deadline::after(EVENT_TIMEOUT))?.to_string(),
         Err(e) if is_reset(&e) => "reset during connect".into(),
         Err(e) => return Err(e),
-    };
+    })
+}
+
+fn reset_client(ck: &mut Checks, connected: Result<Client>) -> Result<String> {
+    let fate = client_fate(connected)?;
     let reset = fate == "reset during connect" || fate.contains(" reset=1 ");
     ck.eq(&format!("client reset ({fate})"), reset, true);
     Ok(fate)

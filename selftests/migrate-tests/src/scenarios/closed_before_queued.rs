@@ -13,10 +13,7 @@
 
 use anyhow::Result;
 
-use super::is_reset;
-use crate::harness::{fates, Deadline, EVENT_TIMEOUT};
-
-use super::{join, on_other_cpu, TFO_NO_COOKIES};
+use super::{client_fate, join, on_other_cpu, TFO_NO_COOKIES};
 use crate::bpf::{Gate, GateAt};
 use crate::harness::{
     count_on, exchange, note, set_migrate_req, set_sysctl, start_trace, Checks, Client, Family,
@@ -131,11 +128,7 @@ pub fn closed_before_queued(fam: Family, kernel: Kernel, path: Path) -> Result<(
 
 /// The server forgot the child: the client is reset, or hears nothing.
 fn lost_client(ck: &mut Checks, connected: Result<Client>) -> Result<String> {
-    let fate = match connected {
-        Ok(c) => fates(&[c], Deadline::after(EVENT_TIMEOUT))?.to_string(),
-        Err(e) if is_reset(&e) => "reset during connect".into(),
-        Err(e) => return Err(e),
-    };
+    let fate = client_fate(connected)?;
     let lost =
         fate == "reset during connect" || fate.contains(" reset=1 ") || fate.contains(" silent=1 ");
     ck.eq(&format!("client lost ({fate})"), lost, true);
