@@ -525,6 +525,43 @@ fn on_other_cpu<T: Send + 'static>(
     }))
 }
 
+/// Passes on `connecting` once the gate holds (`waited` is Ok); else
+/// fails with what the client thread got to.
+fn held_or_report(
+    waited: Result<()>,
+    connecting: thread::JoinHandle<Result<Client>>,
+) -> Result<thread::JoinHandle<Result<Client>>> {
+    if let Err(e) = waited {
+        let client = match connecting.is_finished() {
+            true => format!("connect returned {:?}", join(connecting).map(|_| ())),
+            false => "connect still waiting".to_string(),
+        };
+        return Err(e.context(client));
+    }
+    Ok(connecting)
+}
+
+/// The one child the gate held (`what`) must wait in L1's queue, and be
+/// accepted there and serve `client`, which sends its hello first unless
+/// it already has (`greet`).
+fn served_by_l1(g: &Group, ck: &mut Checks, client: Client, what: &str, greet: bool) -> Result<()> {
+    let mut clients = vec![client];
+    ck.eq(
+        &format!("L1 queue after the {what}"),
+        g.wait_queued(1, 1)?,
+        1,
+    );
+    ck.gate(what)?;
+    if greet {
+        clients[0].send_hello()?;
+    }
+    let acc = g.accept_all(1)?;
+    ck.eq("accepted from L1", count_on(&acc, 1), 1);
+    exchange(&clients, &acc)?.check_all_served(ck, 1);
+    note("the child went to L1 and was served");
+    Ok(())
+}
+
 /// Joins a thread of [`on_other_cpu`], turning its panic into an error.
 fn join<T>(h: thread::JoinHandle<Result<T>>) -> Result<T> {
     h.join().map_err(|_| anyhow!("test thread panicked"))?
@@ -603,13 +640,7 @@ fn held_ack_while_closing(fam: Family, kernel: Kernel, program: bool) -> Result<
     // another CPU.
     let addr = g.addr();
     let connecting = on_other_cpu(move || Client::connect(fam, addr, 0))?;
-    if let Err(e) = gate.wait_holding() {
-        let client = match connecting.is_finished() {
-            true => format!("connect returned {:?}", join(connecting).map(|_| ())),
-            false => "connect still waiting".to_string(),
-        };
-        return Err(e.context(client));
-    }
+    let connecting = held_or_report(gate.wait_holding(), connecting)?;
     if steer.is_none() {
         g.listen(1)?;
     }
@@ -618,16 +649,7 @@ fn held_ack_while_closing(fam: Family, kernel: Kernel, program: bool) -> Result<
     let connected = join(connecting);
 
     match kernel {
-        Kernel::Patched => {
-            let mut clients = vec![connected?];
-            ck.eq("L1 queue after the held ACK", g.wait_queued(1, 1)?, 1);
-            ck.gate("held ACK")?;
-            clients[0].send_hello()?;
-            let acc = g.accept_all(1)?;
-            ck.eq("accepted from L1", count_on(&acc, 1), 1);
-            exchange(&clients, &acc)?.check_all_served(&mut ck, 1);
-            note("the child went to L1 and was served");
-        }
+        Kernel::Patched => served_by_l1(&g, &mut ck, connected?, "held ACK", true)?,
         Kernel::Base => {
             let fate = reset_client(&mut ck, connected)?;
             note(&format!("the client was reset ({fate})"));
@@ -664,13 +686,7 @@ pub fn child_of_orphaned_listener(fam: Family, kernel: Kernel) -> Result<()> {
 
     let addr = g.addr();
     let connecting = on_other_cpu(move || Client::connect(fam, addr, 0))?;
-    if let Err(e) = gate.wait_stage(CHAIN_ACK_HELD) {
-        let client = match connecting.is_finished() {
-            true => format!("connect returned {:?}", join(connecting).map(|_| ())),
-            false => "connect still waiting".to_string(),
-        };
-        return Err(e.context(client));
-    }
+    let connecting = held_or_report(gate.wait_stage(CHAIN_ACK_HELD), connecting)?;
     g.listen(1)?;
     // This close() waits in the gate until the ACK has made its child.
     g.stop(0, Stop::Close)?;

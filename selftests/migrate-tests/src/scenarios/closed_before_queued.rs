@@ -13,11 +13,11 @@
 
 use anyhow::Result;
 
-use super::{client_fate, join, on_other_cpu, TFO_NO_COOKIES};
+use super::{client_fate, held_or_report, join, on_other_cpu, served_by_l1, TFO_NO_COOKIES};
 use crate::bpf::{Gate, GateAt};
 use crate::harness::{
-    count_on, exchange, note, set_migrate_req, set_sysctl, start_trace, Checks, Client, Family,
-    Group, Kernel, Stop, TcpExt, TFO_PASSIVE,
+    note, set_migrate_req, set_sysctl, start_trace, Checks, Client, Family, Group, Kernel, Stop,
+    TcpExt, TFO_PASSIVE,
 };
 
 /// How the child is made before it is queued.
@@ -81,13 +81,7 @@ pub fn closed_before_queued(fam: Family, kernel: Kernel, path: Path) -> Result<(
         Path::FastOpen => Client::connect_fastopen(fam, addr, 0),
         Path::Syncookie => Client::connect(fam, addr, 0),
     })?;
-    if let Err(e) = gate.wait_holding() {
-        let client = match connecting.is_finished() {
-            true => format!("connect returned {:?}", join(connecting).map(|_| ())),
-            false => "connect still waiting".to_string(),
-        };
-        return Err(e.context(client));
-    }
+    let connecting = held_or_report(gate.wait_holding(), connecting)?;
     g.listen(1)?;
     g.stop(0, path.stop())?;
     gate.release()?;
@@ -99,18 +93,14 @@ pub fn closed_before_queued(fam: Family, kernel: Kernel, path: Path) -> Result<(
         1,
     );
     match kernel {
-        Kernel::Patched => {
-            let mut clients = vec![connected?];
-            ck.eq("L1 queue after the held child", g.wait_queued(1, 1)?, 1);
-            ck.gate("held child")?;
-            if path == Path::Syncookie {
-                clients[0].send_hello()?;
-            }
-            let acc = g.accept_all(1)?;
-            ck.eq("accepted from L1", count_on(&acc, 1), 1);
-            exchange(&clients, &acc)?.check_all_served(&mut ck, 1);
-            note("the child went to L1 and was served");
-        }
+        // The Fast Open hello came with the SYN.
+        Kernel::Patched => served_by_l1(
+            &g,
+            &mut ck,
+            connected?,
+            "held child",
+            path == Path::Syncookie,
+        )?,
         Kernel::Base => {
             // Checked first: a syncookie client that outlives its child
             // is not reset by every kernel, and its FIN still carries a
