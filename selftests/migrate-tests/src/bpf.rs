@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use libbpf_rs::{Link, Map, MapCore, MapFlags, Object, ObjectBuilder};
 use socket2::Socket;
 
-use crate::harness::{setsockopt_int, wait_until, EVENT_TIMEOUT};
+use crate::harness::{event_timeout, setsockopt_int, wait_until};
 
 const GATE_OBJ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/gate.bpf.o"));
 const HOLD_ACK_OBJ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hold_ack.bpf.o"));
@@ -240,16 +240,17 @@ impl Gate {
 
     /// Waits until the gate holds.
     pub fn wait_holding(&self) -> Result<()> {
-        if !wait_until(EVENT_TIMEOUT, || Ok(self.field(GATE_HOLDING)? == 1))? {
+        if !wait_until(event_timeout(), || Ok(self.field(GATE_HOLDING)? == 1))? {
             let others = self.field64(GATE_OTHERS)?;
             let last = match others {
                 0 => String::new(),
                 _ => format!(", the last on port {}", self.field(GATE_OTHER_PORT)?),
             };
             bail!(
-                "nothing for port {} reached the gate within {EVENT_TIMEOUT:?} \
+                "nothing for port {} reached the gate within {timeout:?} \
                  ({others} for other ports passed{last})",
-                self.field(GATE_PORT)?
+                self.field(GATE_PORT)?,
+                timeout = event_timeout()
             );
         }
         Ok(())
@@ -259,8 +260,8 @@ impl Gate {
     /// released by us, not by the gate's own time limit.
     pub fn release(&self) -> Result<()> {
         self.set(&[(GATE_RELEASE, 1)])?;
-        if !wait_until(EVENT_TIMEOUT, || Ok(self.field(GATE_HOLDING)? == 0))? {
-            bail!("the gate still holds {EVENT_TIMEOUT:?} after release");
+        if !wait_until(event_timeout(), || Ok(self.field(GATE_HOLDING)? == 0))? {
+            bail!("the gate still holds {:?} after release", event_timeout());
         }
         let held = self.field64(GATE_HELD)?;
         if held != 1 || self.field(GATE_TIMED_OUT)? != 0 {
@@ -328,10 +329,11 @@ impl DeadChildGate {
     /// Waits until the chain reached `stage`, and checks that no hold ran
     /// into its time limit.
     pub fn wait_stage(&self, stage: u32) -> Result<()> {
-        if !wait_until(EVENT_TIMEOUT, || Ok(self.field(CHAIN_STAGE)? >= stage))? {
+        if !wait_until(event_timeout(), || Ok(self.field(CHAIN_STAGE)? >= stage))? {
             bail!(
-                "the dead-child gate reached stage {} of {stage} within {EVENT_TIMEOUT:?}",
-                self.field(CHAIN_STAGE)?
+                "the dead-child gate reached stage {} of {stage} within {timeout:?}",
+                self.field(CHAIN_STAGE)?,
+                timeout = event_timeout()
             );
         }
         if self.field(CHAIN_TIMED_OUT)? != 0 {

@@ -30,7 +30,32 @@ pub fn note(msg: &str) {
 /// Upper bound for one awaited event (a queue filling, a reply arriving).
 /// Generous on purpose: under TCG the guest is 10-50x slower than a host,
 /// and a passing test never waits this long.
-pub const EVENT_TIMEOUT: Duration = Duration::from_secs(5);
+const EVENT_TIMEOUT_BASE: Duration = Duration::from_secs(5);
+
+/// How much slower than the plain test kernel the running one is: the
+/// debug flavour (KASAN, lockdep) is about 100 times slower, and the
+/// runner says so with `RM_TIME_SCALE`. Every bound of the suite is
+/// scaled by it; what a test waits for is an event, never a time.
+pub fn time_scale() -> u32 {
+    static SCALE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *SCALE.get_or_init(|| {
+        std::env::var("RM_TIME_SCALE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n| (1..=1000).contains(&n))
+            .unwrap_or(1)
+    })
+}
+
+/// A bound of the suite, scaled for the kernel under test.
+pub fn scaled(d: Duration) -> Duration {
+    d * time_scale()
+}
+
+/// [`EVENT_TIMEOUT_BASE`] on the kernel under test.
+pub fn event_timeout() -> Duration {
+    scaled(EVENT_TIMEOUT_BASE)
+}
 
 /// How often a condition that has no file descriptor to poll is re-checked.
 const POLL_STEP: Duration = Duration::from_millis(2);
@@ -331,6 +356,19 @@ impl Drop for Trace {
 // ---------------------------------------------------------------------------
 // Checks: collect every mismatch with its numbers, fail once at the end.
 
+/// The error a test returns when the kernel under test lacks what it needs
+/// (reported as SKIP with the reason, not as a failure).
+#[derive(Debug)]
+pub struct Skip(pub String);
+
+impl Display for Skip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Skip {}
+
 #[derive(Default)]
 pub struct Checks {
     bad: Vec<String>,
@@ -412,7 +450,7 @@ impl Checks {
         let mut now = TcpExt::read()?;
         let mut events = HashMap::new();
         if let Some(trace) = trace {
-            wait_until(EVENT_TIMEOUT, || {
+            wait_until(event_timeout(), || {
                 events = trace.counts()?;
                 now = TcpExt::read()?;
                 Ok(events.values().sum::<u64>() == attempts(&now)?)
@@ -574,7 +612,7 @@ impl Family {
         }
     }
 
-    fn tcp_socket(self) -> Result<Socket> {
+    pub fn tcp_socket(self) -> Result<Socket> {
         let s = Socket::new(self.domain(), Type::STREAM, Some(Protocol::TCP))
             .context("socket(SOCK_STREAM)")?;
         s.set_nonblocking(true)?;
@@ -662,21 +700,35 @@ pub struct Accepted {
 
 impl Group {
     pub fn bind(family: Family, n: usize) -> Result<Group> {
+        Self::bind_on(family, None, &vec![None; n])
+    }
+
+    /// As [`Group::bind`], on a given port (None: a free one), socket i
+    /// bound to device `devices[i]` (SO_BINDTODEVICE) or to none.
+    pub fn bind_on(family: Family, port: Option<u16>, devices: &[Option<&str>]) -> Result<Group> {
         // Every listener binds to the port by number, as servers do: a
         // socket bound to port 0 gives its port up when it closes, one
         // bound by number keeps it until it is freed, and only then can a
         // handshake still complete on it after close().
-        let port = {
-            let probe = family.tcp_socket()?;
-            probe
-                .bind(&family.loopback(0).into())
-                .context("bind a probe socket to find a free port")?;
-            port_of(&probe.local_addr()?)
+        let port = match port {
+            Some(p) => p,
+            None => {
+                let probe = family.tcp_socket()?;
+                probe
+                    .bind(&family.loopback(0).into())
+                    .context("bind a probe socket to find a free port")?;
+                port_of(&probe.local_addr()?)
+            }
         };
+        let n = devices.len();
         let mut socks = Vec::with_capacity(n);
-        for i in 0..n {
+        for (i, dev) in devices.iter().enumerate() {
             let s = family.tcp_socket()?;
             s.set_reuse_port(true)?;
+            if let Some(d) = dev {
+                s.bind_device(Some(d.as_bytes()))
+                    .with_context(|| format!("SO_BINDTODEVICE {d} on L{i}"))?;
+            }
             s.bind(&family.loopback(port).into())
                 .with_context(|| format!("bind L{i} to port {port}"))?;
             socks.push(Some(s));
@@ -695,6 +747,11 @@ impl Group {
 
     pub fn len(&self) -> usize {
         self.socks.len()
+    }
+
+    /// A group of no sockets (never made by [`Group::bind`] with n > 0).
+    pub fn is_empty(&self) -> bool {
+        self.socks.is_empty()
     }
 
     pub fn sock(&self, i: usize) -> Result<&Socket> {
@@ -764,7 +821,7 @@ impl Group {
     /// Waits until L<i>'s accept queue holds `want` children; returns what
     /// it holds at the end.
     pub fn wait_queued(&self, i: usize, want: u32) -> Result<u32> {
-        wait_until(EVENT_TIMEOUT, || Ok(self.queued(i)? >= want))?;
+        wait_until(event_timeout(), || Ok(self.queued(i)? >= want))?;
         self.queued(i)
     }
 
@@ -803,7 +860,7 @@ impl Group {
     /// listener is never served).
     pub fn accept_from(&self, which: &[usize], want: usize) -> Result<Vec<Accepted>> {
         let mut got = Vec::new();
-        let deadline = Deadline::after(EVENT_TIMEOUT);
+        let deadline = Deadline::after(event_timeout());
         loop {
             for &i in which {
                 self.accept_now(i, &mut got)?;
@@ -875,9 +932,9 @@ impl Client {
         if !poll_fd(
             sock.as_raw_fd(),
             libc::POLLOUT,
-            Deadline::after(EVENT_TIMEOUT),
+            Deadline::after(event_timeout()),
         )? {
-            bail!("client {id}: not connected after {EVENT_TIMEOUT:?}");
+            bail!("client {id}: not connected after {:?}", event_timeout());
         }
         if let Some(e) = sock.take_error()? {
             return Err(e).with_context(|| format!("client {id}: connect"));
@@ -1021,7 +1078,7 @@ impl Exchange {
 /// on the server side, answer, and have the client read the answer.
 /// The client hellos must have been sent already.
 pub fn exchange(clients: &[Client], accepted: &[Accepted]) -> Result<Exchange> {
-    let deadline = Deadline::after(EVENT_TIMEOUT);
+    let deadline = Deadline::after(event_timeout());
     let mut ex = Exchange::default();
     let mut matched = vec![false; clients.len()];
     for a in accepted {

@@ -6,10 +6,6 @@
 //! network namespace. The parent enforces a hard time limit per child and
 //! prints one TAP-style line per test, then `# N passed, M failed`.
 
-mod bpf;
-mod harness;
-mod scenarios;
-
 use std::io::Read;
 use std::process::{Command, ExitCode, Stdio};
 use std::thread;
@@ -18,8 +14,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 
-use harness::{Deadline, Family, Kernel, Stop};
-use scenarios::{Lost, Trigger};
+use migrate_tests::harness::{self, Deadline, Family, Kernel, Stop};
+use migrate_tests::scenarios::{self, Lost, Trigger};
 
 /// A test child still running after this long is killed and reported.
 const CHILD_LIMIT: Duration = Duration::from_secs(60);
@@ -85,6 +81,18 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     }),
     ("syncookie_closed_before_queued", |f, k| {
         scenarios::closed_before_queued(f, k, scenarios::Path::Syncookie)
+    }),
+    ("isolated_from_other_netns", scenarios::other_netns),
+    ("isolated_from_other_uid", scenarios::other_uid),
+    ("isolated_from_other_device", scenarios::other_device),
+    ("nomem_clone_at_close", |f, k| {
+        scenarios::nomem_at_close(f, k, scenarios::Alloc::Clone)
+    }),
+    ("nomem_bpf_skb_at_close", |f, k| {
+        scenarios::nomem_at_close(f, k, scenarios::Alloc::BpfSkb)
+    }),
+    ("syncookie_nomem_at_close", |f, k| {
+        scenarios::nomem_at_close(f, k, scenarios::Alloc::CookieClone)
     }),
     (
         "target_closed_during_ack",
@@ -176,7 +184,10 @@ fn run_child(name: &str, kernel: Kernel) -> ExitCode {
     match outcome {
         Ok(Ok(None)) => println!("{PASS}"),
         Ok(Ok(Some(why))) => println!("{SKIP}{why}"),
-        Ok(Err(e)) => println!("{FAIL}{}", format!("{e:#}").replace('\n', " ")),
+        Ok(Err(e)) => match e.downcast_ref::<harness::Skip>() {
+            Some(why) => println!("{SKIP}{why}"),
+            None => println!("{FAIL}{}", format!("{e:#}").replace('\n', " ")),
+        },
         Err(_) => println!("{FAIL}panicked (see stderr)"),
     }
     ExitCode::SUCCESS
@@ -208,7 +219,7 @@ fn run_in_child(name: &str, kernel: Kernel) -> Result<Verdict> {
         .context("spawn test child")?;
     let out = drain(child.stdout.take().expect("piped"));
     let err = drain(child.stderr.take().expect("piped"));
-    let deadline = Deadline::after(CHILD_LIMIT);
+    let deadline = Deadline::after(harness::scaled(CHILD_LIMIT));
     let status = loop {
         if let Some(st) = child.try_wait()? {
             break Some(st);
@@ -231,7 +242,7 @@ fn run_in_child(name: &str, kernel: Kernel) -> Result<Verdict> {
     let Some(status) = status else {
         return Ok(Verdict::Fail(format!(
             "killed after {}s hard limit",
-            CHILD_LIMIT.as_secs()
+            harness::scaled(CHILD_LIMIT).as_secs()
         )));
     };
     let line = out

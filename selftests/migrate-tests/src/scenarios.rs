@@ -16,15 +16,19 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 
 mod closed_before_queued;
+mod isolation;
+mod nomem;
 pub use closed_before_queued::{closed_before_queued, Path};
+pub use isolation::{other_device, other_netns, other_uid};
+pub use nomem::{nomem_at_close, Alloc};
 
 use crate::bpf::{
     DeadChildGate, Gate, GateAt, HoldAck, Migrate, Stat, Steer, CHAIN_ACK_DONE, CHAIN_ACK_HELD,
 };
 use crate::harness::{
-    count_on, exchange, fates, note, pin_to_cpu, poll_fd, read_sysctl, set_migrate_req, set_sysctl,
-    setsockopt_int, start_trace, tcp_state, wait_until, write_sysctl, Accepted, Checks, Client,
-    Deadline, Family, Group, Kernel, Reason, Stop, TcpExt, ALL_FAILURES, EVENT_TIMEOUT,
+    count_on, event_timeout, exchange, fates, note, pin_to_cpu, poll_fd, read_sysctl, scaled,
+    set_migrate_req, set_sysctl, setsockopt_int, start_trace, tcp_state, wait_until, write_sysctl,
+    Accepted, Checks, Client, Deadline, Family, Group, Kernel, Reason, Stop, TcpExt, ALL_FAILURES,
     LISTEN_DROPS, LISTEN_OVERFLOWS, MIGRATE_FAIL, MIGRATE_OK, MIGRATE_REQ, SYNACK_RETRANS,
     TCP_SYN_RECV, TFO_PASSIVE,
 };
@@ -189,7 +193,7 @@ pub fn in_flight(fam: Family, trigger: Trigger) -> Result<()> {
     for id in 0..N {
         clients.push(Client::connect(fam, g.addr(), id)?);
     }
-    wait_until(EVENT_TIMEOUT, || Ok(hold.dropped()? >= u(N)))?;
+    wait_until(event_timeout(), || Ok(hold.dropped()? >= u(N)))?;
     ck.eq("final ACKs held back", hold.dropped()?, u(N));
     ck.eq("L0 queue while ACKs are held", g.queued(0)?, 0);
     ck.gate("handshakes held")?;
@@ -204,11 +208,11 @@ pub fn in_flight(fam: Family, trigger: Trigger) -> Result<()> {
     if trigger == Trigger::Timer {
         // The timer handler moves the request, retransmits the SYN+ACK from
         // the new listener, then counts the success.
-        let fired = wait_until(SYNACK_RTX_TIMEOUT, || {
+        let fired = wait_until(scaled(SYNACK_RTX_TIMEOUT), || {
             Ok(TcpExt::read()?.since(&start, SYNACK_RETRANS)? >= u(N))
         })?;
         if fired {
-            wait_until(EVENT_TIMEOUT, || {
+            wait_until(event_timeout(), || {
                 Ok(TcpExt::read()?.since(&start, MIGRATE_OK)? >= u(N))
             })?;
         }
@@ -263,7 +267,7 @@ pub fn fastopen(fam: Family) -> Result<()> {
     for id in 0..N {
         clients.push(Client::connect_fastopen(fam, g.addr(), id)?);
     }
-    wait_until(EVENT_TIMEOUT, || Ok(hold.dropped()? >= u(N)))?;
+    wait_until(event_timeout(), || Ok(hold.dropped()? >= u(N)))?;
     ck.eq("final ACKs held back", hold.dropped()?, u(N));
     ck.eq(
         "L0 queue (Fast Open children)",
@@ -360,7 +364,7 @@ pub fn lost_children(fam: Family, kernel: Kernel, why: Lost) -> Result<()> {
 fn expect_all_reset(ck: &mut Checks, g: &Group, clients: &[Client], other: usize) -> Result<()> {
     let n = clients.len();
     ck.eq(&format!("L{other} queue after close"), g.queued(other)?, 0);
-    let f = fates(clients, Deadline::after(EVENT_TIMEOUT))?;
+    let f = fates(clients, Deadline::after(event_timeout()))?;
     ck.eq(
         "client fates",
         f.to_string(),
@@ -506,7 +510,7 @@ fn held_handshakes(fam: Family, g: &Group, n: usize) -> Result<(HoldAck, Vec<Cli
     let clients = (0..n)
         .map(|id| Client::connect(fam, g.addr(), id))
         .collect::<Result<Vec<_>>>()?;
-    wait_until(EVENT_TIMEOUT, || Ok(hold.dropped()? >= u(n)))?;
+    wait_until(event_timeout(), || Ok(hold.dropped()? >= u(n)))?;
     Ok((hold, clients))
 }
 
@@ -599,7 +603,7 @@ pub fn closed_during_ack_bpf(fam: Family, kernel: Kernel) -> Result<()> {
 /// "reset during connect".
 fn client_fate(connected: Result<Client>) -> Result<String> {
     Ok(match connected {
-        Ok(c) => fates(&[c], Deadline::after(EVENT_TIMEOUT))?.to_string(),
+        Ok(c) => fates(&[c], Deadline::after(event_timeout()))?.to_string(),
         Err(e) if is_reset(&e) => "reset during connect".into(),
         Err(e) => return Err(e),
     })
@@ -702,7 +706,7 @@ pub fn child_of_orphaned_listener(fam: Family, kernel: Kernel) -> Result<()> {
             let waited = data_wakes_reader(&acc[0], &mut client)?;
             ck.eq(
                 &format!("reader woken by the hello (after {waited:?})"),
-                waited < WAKE_LIMIT / 2,
+                waited < scaled(WAKE_LIMIT) / 2,
                 true,
             );
             exchange(&[client], &acc)?.check_all_served(&mut ck, 1);
@@ -734,14 +738,14 @@ fn data_wakes_reader(a: &Accepted, client: &mut Client) -> Result<Duration> {
         // SAFETY: no requirement.
         tx.send(unsafe { libc::gettid() }).ok();
         let t = std::time::Instant::now();
-        poll_fd(fd, libc::POLLIN, Deadline::after(WAKE_LIMIT))?;
+        poll_fd(fd, libc::POLLIN, Deadline::after(scaled(WAKE_LIMIT)))?;
         Ok(t.elapsed())
     });
     let tid = rx.recv().context("reader thread")?;
     let syscall = format!("/proc/self/task/{tid}/syscall");
     // The poll() must be waiting before the data comes, or it would see the
     // data without a wakeup. 7 and 271 are poll and ppoll on x86_64.
-    let blocked = wait_until(EVENT_TIMEOUT, || {
+    let blocked = wait_until(event_timeout(), || {
         let s = std::fs::read_to_string(&syscall).unwrap_or_default();
         Ok(s.starts_with("7 ") || s.starts_with("271 "))
     })?;
@@ -810,7 +814,7 @@ fn target_closed_reset(
 ) -> Result<()> {
     ck.eq(
         "client fate",
-        fates(clients, Deadline::after(EVENT_TIMEOUT))?.to_string(),
+        fates(clients, Deadline::after(event_timeout()))?.to_string(),
         "data=0 reset=1 eof=0 silent=0 error=0".to_string(),
     );
     ck.all_failed(kernel, start, trace, kind, Reason::TargetClosed, 1)?;
@@ -880,7 +884,7 @@ fn target_closes_during_ack(fam: Family, kernel: Kernel, third: bool) -> Result<
         (Kernel::Patched, false) => {
             ck.eq(
                 "client fate",
-                fates(&clients, Deadline::after(EVENT_TIMEOUT))?.to_string(),
+                fates(&clients, Deadline::after(event_timeout()))?.to_string(),
                 "data=0 reset=1 eof=0 silent=0 error=0".to_string(),
             );
             let now = ck.reasons(
@@ -971,7 +975,7 @@ pub fn expired_in_migration(fam: Family, kernel: Kernel) -> Result<()> {
 
     g.stop(0, Stop::Close)?;
     set_sysctl("net.ipv4.tcp_synack_retries", "0")?;
-    wait_until(SYNACK_RTX_TIMEOUT, || {
+    wait_until(scaled(SYNACK_RTX_TIMEOUT), || {
         Ok(TcpExt::read()?.since(&start, MIGRATE_FAIL)? >= u(N))
     })?;
     ck.all_failed(
@@ -1005,7 +1009,7 @@ pub fn bpf_to_full_target(fam: Family, kernel: Kernel) -> Result<()> {
     for c in &mut clients {
         c.send_hello()?;
     }
-    wait_until(EVENT_TIMEOUT, || {
+    wait_until(event_timeout(), || {
         Ok(TcpExt::read()?.since(&start, MIGRATE_FAIL)? >= u(N))
     })?;
     let now = ck.reasons(
@@ -1241,7 +1245,7 @@ pub fn stalled_target_reqsk_ack(fam: Family, kernel: Kernel) -> Result<()> {
     let mut clients = (0..K)
         .map(|id| Client::connect(fam, s.g.addr(), id))
         .collect::<Result<Vec<_>>>()?;
-    wait_until(EVENT_TIMEOUT, || Ok(hold.dropped()? >= u(K)))?;
+    wait_until(event_timeout(), || Ok(hold.dropped()? >= u(K)))?;
     // more than K if a SYN+ACK was retransmitted (slow guest) and the
     // client's answer to it was held too
     ck.ge("final ACKs held back", hold.dropped()?, u(K));
@@ -1261,7 +1265,7 @@ pub fn stalled_target_reqsk_ack(fam: Family, kernel: Kernel) -> Result<()> {
     // Each hello either creates a child on the chosen listener or is
     // dropped and counted as a migration failure; wait until all K are one
     // or the other.
-    wait_until(EVENT_TIMEOUT, || {
+    wait_until(event_timeout(), || {
         let failed = TcpExt::read()?.since(&closed, MIGRATE_FAIL)?;
         Ok(u64::from(s.g.queued(C)?) + failed >= u(K))
     })?;
