@@ -48,11 +48,12 @@ base_version() {
 	cat "$RM_WORK/base-version"
 }
 
-# kernel_dir base|patched -> build directory
+# build_dir base|patched|debug -> build directory (debug: the patched tree
+# built with selftests/config/debug.config)
 build_dir() {
 	case "$1" in
-	base | patched) echo "$RM_WORK/build/$1" ;;
-	*) die "unknown kernel flavour '$1'" "use 'base' or 'patched'" ;;
+	base | patched | debug) echo "$RM_WORK/build/$1" ;;
+	*) die "unknown kernel flavour '$1'" "use 'base', 'patched' or 'debug'" ;;
 	esac
 }
 
