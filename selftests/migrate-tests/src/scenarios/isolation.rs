@@ -109,19 +109,21 @@ pub fn other_uid(fam: Family, _kernel: Kernel) -> Result<()> {
 }
 
 /// L0 and L2 are bound to `lo` (SO_BINDTODEVICE), L1 to no device; all
-/// three use the port with SO_REUSEPORT. Connections go to L0 (a bound
-/// listener scores higher). When L0 closes, its children may only go to
-/// L2, the listener of its own group: L1 forms a group of its own.
+/// three use the port with SO_REUSEPORT. Connections are made while L0
+/// listens alone (a lookup takes the first group it meets in the hash
+/// chain, so with two groups listening the placement would depend on the
+/// chain's order). When L0 closes with L1 listening, its children may
+/// only go to L2, the listener of its own group: L1 forms a group of its
+/// own.
 pub fn other_device(fam: Family, kernel: Kernel) -> Result<()> {
     const N: usize = 3;
     set_migrate_req(true)?;
     let mut g = Group::bind_on(fam, None, &[Some("lo"), None, Some("lo")])?;
     let mut ck = Checks::new();
     g.listen(0)?;
-    g.listen(1)?;
     let clients = connect_greet(fam, &g, 0..N)?;
     ck.eq("L0 queue", g.wait_queued(0, N as u32)?, N as u32);
-    ck.eq("L1 queue", g.queued(1)?, 0);
+    g.listen(1)?;
     ck.gate("setup")?;
 
     // Only L1 listens besides L0, and it is not in L0's group.
@@ -144,13 +146,13 @@ pub fn other_device(fam: Family, kernel: Kernel) -> Result<()> {
     let mut g = Group::bind_on(fam, None, &[Some("lo"), None, Some("lo")])?;
     let mut ck = Checks::new();
     g.listen(0)?;
-    g.listen(1)?;
     let clients = connect_greet(fam, &g, 0..N)?;
     ck.eq(
         "L0 queue (second round)",
         g.wait_queued(0, N as u32)?,
         N as u32,
     );
+    g.listen(1)?;
     g.listen(2)?;
     let start = TcpExt::read()?;
     g.stop(0, Stop::Close)?;
