@@ -43,6 +43,12 @@ pub fn mount_debugfs() -> Result<()> {
     Ok(())
 }
 
+/// Whether the running kernel has `which` with the stacktrace filter (the
+/// debug flavour does; the plain test kernel has no debugfs at all).
+pub fn available(which: Injector) -> bool {
+    mount_debugfs().is_ok() && which.dir().join("require-start").exists()
+}
+
 /// The text symbols of the running kernel, sorted by address.
 pub struct Kallsyms(Vec<(u64, String)>);
 

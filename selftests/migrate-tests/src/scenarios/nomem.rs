@@ -16,7 +16,7 @@ use anyhow::Result;
 
 use super::{connect_greet, steered_group, u};
 use crate::bpf::{Migrate, Stat};
-use crate::faults::{FailThisThread, Injection, Injector, Kallsyms, Plan};
+use crate::faults::{available, FailThisThread, Injection, Injector, Kallsyms, Plan};
 use crate::harness::{
     count_on, exchange, note, set_migrate_req, set_sysctl, start_trace, Checks, Family, Group,
     Kernel, Reason, Skip, Stop, TcpExt,
@@ -35,6 +35,9 @@ pub enum Alloc {
 
 pub fn nomem_at_close(fam: Family, kernel: Kernel, what: Alloc) -> Result<()> {
     const N: usize = 2;
+    if !available(Injector::Slab) {
+        return Err(Skip("kernel without failslab (the debug flavour has it)".into()).into());
+    }
     let within = Kallsyms::read()?.span(&["inet_csk_listen_stop"])?;
     set_migrate_req(true)?;
     if what == Alloc::CookieClone {
