@@ -133,6 +133,8 @@ pub struct Plan {
     pub task_only: bool,
     /// Kernel text some frame of the allocating stack must lie in.
     pub within: (u64, u64),
+    /// Kernel text no frame of it may lie in (0, 0: none).
+    pub except: (u64, u64),
     /// failslab only: fail allocations from these slab caches only
     /// (`cache-filter`; caches the kernel lacks are left out). Empty: any
     /// cache, kmemleak's own metadata included.
@@ -169,8 +171,8 @@ impl Injection {
         inj.write("stacktrace-depth", "32")?;
         inj.write("require-start", &plan.within.0.to_string())?;
         inj.write("require-end", &plan.within.1.to_string())?;
-        inj.write("reject-start", "0")?;
-        inj.write("reject-end", "0")?;
+        inj.write("reject-start", &plan.except.0.to_string())?;
+        inj.write("reject-end", &plan.except.1.to_string())?;
         inj.write("task-filter", if plan.task_only { "Y" } else { "N" })?;
         // Atomic allocations are the ones on these paths; sleeping ones are
         // not skipped either.

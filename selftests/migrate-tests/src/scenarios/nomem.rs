@@ -68,6 +68,7 @@ pub fn nomem_at_close(fam: Family, kernel: Kernel, what: Alloc) -> Result<()> {
         times: 1,
         task_only: true,
         within,
+        except: (0, 0),
         caches: match what {
             Alloc::BpfSkb => &["skbuff_head_cache"],
             _ => &["request_sock_TCP", "request_sock_TCPv6"],
