@@ -22,25 +22,7 @@ pub fn mount_debugfs() -> Result<()> {
     {
         return Ok(());
     }
-    let src = std::ffi::CString::new("debugfs").expect("no NUL");
-    let dst = std::ffi::CString::new(DEBUGFS).expect("no NUL");
-    // SAFETY: valid NUL-terminated strings, no mount data.
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            dst.as_ptr(),
-            src.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EBUSY) {
-            return Err(e).context("mount debugfs");
-        }
-    }
-    Ok(())
+    crate::harness::mount_pseudo_fs("debugfs", DEBUGFS)
 }
 
 /// Whether the running kernel has `which` with the stacktrace filter (the

@@ -269,6 +269,30 @@ pub fn start_trace(kernel: Kernel, port: u16) -> Result<Option<Trace>> {
     }
 }
 
+/// Mounts the kernel pseudo filesystem `fstype` (tracefs, debugfs) at `at`;
+/// one already mounted there (EBUSY) is fine.
+pub fn mount_pseudo_fs(fstype: &str, at: &str) -> Result<()> {
+    let src = std::ffi::CString::new(fstype).context("filesystem name")?;
+    let dst = std::ffi::CString::new(at).context("mount point")?;
+    // SAFETY: valid NUL-terminated strings, no mount data.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            src.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EBUSY) {
+            return Err(e).with_context(|| format!("mount {fstype} at {at}"));
+        }
+    }
+    Ok(())
+}
+
 const TRACEFS: &str = "/sys/kernel/tracing";
 const TRACE_EVENT: &str = "events/tcp/tcp_reuseport_migrate";
 
@@ -285,21 +309,7 @@ impl Trace {
     pub fn start(port: u16) -> Result<Trace> {
         let root = std::path::Path::new(TRACEFS);
         if !root.join("events").exists() {
-            let src = std::ffi::CString::new("tracefs").expect("no NUL");
-            let dst = std::ffi::CString::new(TRACEFS).expect("no NUL");
-            // SAFETY: valid NUL-terminated strings, no mount data.
-            let rc = unsafe {
-                libc::mount(
-                    src.as_ptr(),
-                    dst.as_ptr(),
-                    src.as_ptr(),
-                    0,
-                    std::ptr::null(),
-                )
-            };
-            if rc != 0 {
-                return Err(io::Error::last_os_error()).context("mount tracefs");
-            }
+            mount_pseudo_fs("tracefs", TRACEFS)?;
         }
         let ev = root.join(TRACE_EVENT);
         if !ev.exists() {
