@@ -99,6 +99,18 @@ fn cpus() -> usize {
     thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// Joins worker threads, counting each that failed or panicked as
+/// `thread/WHAT_failed` or `thread/WHAT_panicked`.
+fn join_all(handles: Vec<thread::JoinHandle<Result<()>>>, what: &str, stats: &Stats) {
+    for h in handles {
+        match h.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => stats.error(&format!("thread/{what}_failed"), &e),
+            Err(_) => stats.bump(&format!("thread/{what}_panicked")),
+        }
+    }
+}
+
 /// The run itself, in a network namespace of its own (this thread's).
 fn world(cli: &Cli, seed: u64, stats: &Arc<Stats>) -> Result<World> {
     enter_fresh_netns()?;
@@ -193,21 +205,9 @@ fn world(cli: &Cli, seed: u64, stats: &Arc<Stats>) -> Result<World> {
         thread::sleep(Duration::from_millis(100));
     }
     stop.set();
-    for c in clients {
-        match c.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => stats.error("thread/client_failed", &e),
-            Err(_) => stats.bump("thread/client_panicked"),
-        }
-    }
+    join_all(clients, "client", stats);
     done.set();
-    for s in servers {
-        match s.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => stats.error("thread/acceptor_failed", &e),
-            Err(_) => stats.bump("thread/acceptor_panicked"),
-        }
-    }
+    join_all(servers, "acceptor", stats);
     for o in others {
         if o.join().is_err() {
             stats.bump("thread/chaos_panicked");
