@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0
 //! Compiles the BPF C sources in `bpf/` into BPF objects embedded in the
 //! binary.  The guest kernel has no vmlinux BTF, so the programs only use
 //! UAPI headers and libbpf's helper headers; no CO-RE.

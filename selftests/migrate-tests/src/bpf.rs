@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0
 //! The two BPF objects built from `bpf/*.bpf.c` by build.rs, with just the
 //! handles the scenarios need.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0
 //! Allocation failures injected through the kernel's fault-injection
 //! debugfs controls (`failslab`, `fail_page_alloc`), only on the debug
 //! kernel flavour that has them (`FAULT_INJECTION_DEBUG_FS` with the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0
 //! Selftests for TCP SO_REUSEPORT listener migration: `tcp_migrate_req`
 //! and `sk_reuseport/migrate` BPF programs.
 //!

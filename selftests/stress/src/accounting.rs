@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0
 //! What must be back where it was after the run: sockets and request
 //! sockets by slab cache, orphans, and kmemleak's verdict.
 

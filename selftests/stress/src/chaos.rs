@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0
 //! Everything around the traffic that changes while it runs: the migration
 //! sysctl and syncookies flip, a migrate program is attached, replaced and
 //! detached, final ACKs are held so that SYN+ACK timers fire, and whole

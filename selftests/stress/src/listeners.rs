@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0
 //! A reuseport group whose listeners come and go: each slot is closed,
 //! listening, or shut down (which keeps the socket, so it can listen again:
 //! `reuseport_resurrect()`). Every listener binds the group's port by

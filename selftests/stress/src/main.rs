@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0
 //! A concurrent stress of SO_REUSEPORT listener migration, for the debug
 //! kernel flavour (KASAN, lockdep, kmemleak, fault injection), loopback
 //! only, bounded in time and in connections.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0
 //! What the stress did, counted by name: operations, client outcomes,
 //! server outcomes, injected faults. The report prints them all, so the
 //! coverage of a run can be read off it.

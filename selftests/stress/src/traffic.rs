@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0
 //! Both ends of the traffic: clients that connect without pause (plain,
 //! with data before the server accepts, Fast Open), and acceptors that
 //! serve whatever the group's listeners hand out. Every client ends with

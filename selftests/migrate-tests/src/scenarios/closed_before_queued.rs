@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0
 //! A Fast Open child (made when its SYN arrives) and a syncookie child
 //! (made when a cookie ACK arrives) are queued by
 //! inet_csk_reqsk_queue_add() on a listener that tcp_v4_rcv() and
@@ -13,7 +14,9 @@
 
 use anyhow::Result;
 
-use super::{client_fate, held_or_report, join, on_other_cpu, served_by_l1, TFO_NO_COOKIES};
+use super::common::{
+    client_fate, held_or_report, join, on_other_cpu, served_by_l1, TFO_NO_COOKIES,
+};
 use crate::bpf::{Gate, GateAt};
 use crate::harness::{
     note, set_migrate_req, set_sysctl, start_trace, Checks, Client, Family, Group, Kernel, Stop,

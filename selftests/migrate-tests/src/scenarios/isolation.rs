@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0
 //! Where a migrated socket may never go: to a listener of another network
 //! namespace, of another user, or bound to another device. The kernel keeps
 //! such listeners out of the reuseport group (a namespace has its own
@@ -12,7 +13,7 @@ use std::thread;
 
 use anyhow::{anyhow, Context, Result};
 
-use super::{connect_greet, expect_all_reset, u};
+use super::common::{connect_greet, expect_all_reset, u};
 use crate::harness::{
     count_on, enter_fresh_netns, event_timeout, exchange, fates, note, set_migrate_req,
     start_trace, Checks, Deadline, Family, Group, Kernel, Reason, Stop, TcpExt,

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0
 //! A migration that runs out of memory: close() of a listener whose accept
 //! queue holds two children fails the first allocation that
 //! inet_csk_listen_stop() makes for a migration, once, in the closing
@@ -14,7 +15,7 @@
 
 use anyhow::Result;
 
-use super::{connect_greet, steered_group, u};
+use super::common::{connect_greet, steered_group, u};
 use crate::bpf::{Migrate, Stat};
 use crate::faults::{available, FailThisThread, Injection, Injector, Kallsyms, Plan};
 use crate::harness::{

@@ -1,0 +1,43 @@
+// SPDX-License-Identifier: GPL-2.0
+//! One function per scenario, each parametrised by address family. Every
+//! scenario runs alone in a fresh network namespace (see main.rs), so the
+//! TcpExt counters start from zero and sysctls set here die with it.
+//!
+//! Listener placement is made deterministic without luck: a new connection
+//! can only land on a socket that listen()s at that moment, so the tests
+//! connect while exactly the intended listener is listening (or steer SYNs
+//! with the BPF program), and stop a listener only when the survivors are
+//! the ones the test means to receive the migrated sockets.
+
+mod bpf_migrate;
+mod closed_before_queued;
+mod closing_listener;
+mod common;
+mod fastopen;
+mod in_flight;
+mod isolation;
+mod load_aware;
+mod lost;
+mod nomem;
+mod queued_children;
+mod sysctl_abi;
+mod target_closed;
+
+pub use bpf_migrate::{bpf_drop, bpf_select};
+pub use closed_before_queued::{closed_before_queued, Path};
+pub use closing_listener::{
+    child_of_closing_listener, child_of_orphaned_listener, closed_during_ack, closed_during_ack_bpf,
+};
+pub use fastopen::fastopen;
+pub use in_flight::{in_flight, Trigger};
+pub use isolation::{other_device, other_netns, other_uid};
+pub use load_aware::{stalled_target_children, stalled_target_reqsk_ack};
+pub use lost::{
+    bpf_to_full_target, disabled_after_close, expired_in_migration, lost_children, Lost,
+};
+pub use nomem::{nomem_at_close, Alloc};
+pub use queued_children::{incoming_cpu_children, queued_children};
+pub use sysctl_abi::sysctl_rejects_unknown;
+pub use target_closed::{
+    target_closed_during_ack, target_closed_during_ack_third, target_closed_during_close,
+};
