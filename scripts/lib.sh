@@ -22,7 +22,7 @@ export PATH="$RM_LLVM_BIN:$HOME/.cargo/bin:$PATH"
 _rm_prog=$(basename "$0")
 
 # step "what is happening": one progress line on stderr.
-step() { printf '==> [%s] %s\n' "$_rm_prog" "$*" >&2; }
+step() { printf '==> [%s %(%H:%M:%S)T] %s\n' "$_rm_prog" -1 "$*" >&2; }
 info() { printf '    %s\n' "$*" >&2; }
 warn() { printf '!!! [%s] WARNING: %s\n' "$_rm_prog" "$*" >&2; }
 
