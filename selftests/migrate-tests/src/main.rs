@@ -118,12 +118,21 @@ const SCENARIOS: &[(&str, Scenario)] = &[
         "stalled_target_reqsk_ack",
         scenarios::stalled_target_reqsk_ack,
     ),
+    ("stop_start_gap0", |f, k| scenarios::stop_start(f, k, 0)),
+    ("stop_start_gap50", |f, k| scenarios::stop_start(f, k, 50)),
+    ("stop_start_gap500", |f, k| scenarios::stop_start(f, k, 500)),
+    ("stop_start_expired", scenarios::stop_start_expired),
+    ("stop_start_strangers", scenarios::stop_start_strangers),
+    ("stop_start_owner", scenarios::stop_start_owner),
 ];
 
 /// A test with no address family, run once under its own name.
 type Single = fn(Kernel) -> Result<()>;
 
-const SINGLES: &[(&str, Single)] = &[("sysctl_rejects_unknown", scenarios::sysctl_rejects_unknown)];
+const SINGLES: &[(&str, Single)] = &[
+    ("sysctl_rejects_unknown", scenarios::sysctl_rejects_unknown),
+    ("grace_rejects_unknown", scenarios::grace_rejects_unknown),
+];
 
 #[derive(Clone, Copy)]
 enum Run {

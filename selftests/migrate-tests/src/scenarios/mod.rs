@@ -20,6 +20,7 @@ mod load_aware;
 mod lost;
 mod nomem;
 mod queued_children;
+mod stop_start;
 mod sysctl_abi;
 mod target_closed;
 
@@ -37,6 +38,9 @@ pub use lost::{
 };
 pub use nomem::{nomem_at_close, Alloc};
 pub use queued_children::{incoming_cpu_children, queued_children};
+pub use stop_start::{
+    grace_rejects_unknown, stop_start, stop_start_expired, stop_start_owner, stop_start_strangers,
+};
 pub use sysctl_abi::sysctl_rejects_unknown;
 pub use target_closed::{
     target_closed_during_ack, target_closed_during_ack_third, target_closed_during_close,

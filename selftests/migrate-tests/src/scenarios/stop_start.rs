@@ -1,0 +1,444 @@
+// SPDX-License-Identifier: GPL-2.0
+//! Stop-then-start: the last listener of a group closes and its
+//! replacement listens only later. With `tcp_migrate_req_grace_ms` the
+//! closed listener is parked: it keeps answering SYNs and keeps its queues
+//! until a listener of the same group adopts them, or the grace runs out.
+//! On the base kernel everything queued is reset at close and every SYN
+//! of the gap is refused: these tests assert that loss there.
+
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+
+use super::common::{connect_greet, u};
+use crate::bpf::HoldAck;
+use crate::harness::{
+    event_timeout, exchange, fates, note, read_sysctl, scaled, set_migrate_req, set_sysctl,
+    time_scale, wait_until, Checks, Client, Deadline, Family, Group, Kernel, Stop, TcpExt,
+    MIGRATE_FAIL, MIGRATE_OK,
+};
+
+pub const GRACE: &str = "net.ipv4.tcp_migrate_req_grace_ms";
+const PARKED: &str = "TCPMigrateReqParked";
+const ADOPTED: &str = "TCPMigrateReqAdopted";
+const EXPIRED: &str = "TCPMigrateReqParkExpired";
+
+/// The grace the tests set: 1 s, as the scenarios, widened with
+/// the suite's time scale on a debug kernel, where the test's own steps
+/// between the close and the new listen() are slower.
+fn grace_ms() -> u64 {
+    1000 * u64::from(time_scale())
+}
+
+/// Children queued before the close, handshakes in flight over it, and
+/// clients that connect in the gap.
+const QUEUED: usize = 4;
+const IN_FLIGHT: usize = 2;
+const IN_GAP: usize = 3;
+
+/// Sets the grace on the patched kernel; the base kernel has no such
+/// sysctl, and the test then asserts upstream's loss.
+fn set_grace(kernel: Kernel, ms: u64) -> Result<()> {
+    set_migrate_req(true)?;
+    match kernel {
+        Kernel::Patched => set_sysctl(GRACE, &ms.to_string()),
+        Kernel::Base => Ok(()),
+    }
+}
+
+/// Connects `ids` and greets; a client the kernel refuses (no listener
+/// on the port) counts as refused instead.
+fn connect_or_refused(
+    fam: Family,
+    g: &Group,
+    ids: std::ops::Range<usize>,
+) -> Result<(Vec<Client>, usize)> {
+    let (mut ok, mut refused) = (Vec::new(), 0);
+    for id in ids {
+        match Client::connect(fam, g.addr(), id) {
+            Ok(mut c) => {
+                c.send_hello()?;
+                ok.push(c);
+            }
+            Err(e) if refused_error(&e) => refused += 1,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((ok, refused))
+}
+
+fn refused_error(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(libc::ECONNREFUSED))
+    })
+}
+
+/// A new listener on the parked group's port, as a restarted server makes.
+fn new_listener(fam: Family, port: u16) -> Result<Group> {
+    let n = Group::bind_on(fam, Some(port), &[None]).context("the new server's bind")?;
+    n.listen(0)?;
+    Ok(n)
+}
+
+/// QUEUED children wait in L0's accept queue and IN_FLIGHT handshakes
+/// miss their final ACK (it comes with the hello, later); then L0 closes.
+fn park_one(fam: Family, ck: &mut Checks) -> Result<(Group, Vec<Client>, Vec<Client>)> {
+    let mut g = Group::bind(fam, 1)?;
+    g.listen(0)?;
+    let queued = connect_greet(fam, &g, 0..QUEUED)?;
+    ck.eq(
+        "L0 queue before close",
+        g.wait_queued(0, QUEUED as u32)?,
+        QUEUED as u32,
+    );
+    let hold = HoldAck::attach(g.port)?;
+    let in_flight = (QUEUED..QUEUED + IN_FLIGHT)
+        .map(|id| Client::connect(fam, g.addr(), id))
+        .collect::<Result<Vec<_>>>()?;
+    wait_until(event_timeout(), || Ok(hold.dropped()? >= u(IN_FLIGHT)))?;
+    ck.eq("final ACKs held back", hold.dropped()?, u(IN_FLIGHT));
+    hold.release()?;
+    drop(hold);
+    ck.gate("setup")?;
+    g.stop(0, Stop::Close)?;
+    Ok((g, queued, in_flight))
+}
+
+/// The last listener closes with children queued and handshakes in
+/// flight; clients connect in the gap; a new listener binds the port and
+/// listens `gap_ms` after the close. Patched, with a grace of 1 s: every
+/// connection is served by the new listener, each migrated once.
+/// Base: the queued and in-flight ones are reset, the gap's are refused.
+pub fn stop_start(fam: Family, kernel: Kernel, gap_ms: u64) -> Result<()> {
+    set_grace(kernel, grace_ms())?;
+    let mut ck = Checks::new();
+    let start = TcpExt::read()?;
+    let (g, queued, mut in_flight) = park_one(fam, &mut ck)?;
+    let closed_at = std::time::Instant::now();
+    let (gap, refused) =
+        connect_or_refused(fam, &g, QUEUED + IN_FLIGHT..QUEUED + IN_FLIGHT + IN_GAP)?;
+    if let Some(rest) = Duration::from_millis(gap_ms).checked_sub(closed_at.elapsed()) {
+        thread::sleep(rest);
+    }
+    let n = new_listener(fam, g.port)?;
+    let started_after = closed_at.elapsed();
+    for c in &mut in_flight {
+        c.send_hello()?;
+    }
+    let mut clients = queued;
+    clients.extend(in_flight);
+    clients.extend(gap);
+    let all = QUEUED + IN_FLIGHT + IN_GAP;
+
+    match kernel {
+        Kernel::Patched => {
+            ck.eq("gap clients refused", refused, 0);
+            let acc = n.accept_all(all)?;
+            ck.eq("accepted by the new listener", acc.len(), all);
+            exchange(&clients, &acc)?.check_all_served(&mut ck, all);
+            let now = TcpExt::read()?;
+            ck.eq(PARKED, now.since(&start, PARKED)?, 1);
+            ck.eq(ADOPTED, now.since(&start, ADOPTED)?, 1);
+            ck.eq(EXPIRED, now.since(&start, EXPIRED)?, 0);
+            ck.migrations("", &start, &now, u(all), 0)?;
+            note(&format!(
+                "{all} of {all} served across a {}ms gap",
+                started_after.as_millis()
+            ));
+        }
+        Kernel::Base => {
+            ck.eq("gap clients refused", refused, IN_GAP);
+            let f = fates(&clients, Deadline::after(event_timeout()))?;
+            ck.eq(
+                "queued and in-flight client fates",
+                f.to_string(),
+                format!("data=0 reset={} eof=0 silent=0 error=0", QUEUED + IN_FLIGHT),
+            );
+            let mut acc = Vec::new();
+            n.accept_now(0, &mut acc)?;
+            ck.eq("accepted by the new listener", acc.len(), 0);
+            note(&format!("base: {all} of {all} lost"));
+        }
+    }
+    ck.finish()
+}
+
+/// TCP sockets in use in this namespace (`/proc/net/sockstat`).
+fn tcp_inuse() -> Result<u64> {
+    let text = std::fs::read_to_string("/proc/thread-self/net/sockstat")
+        .context("read /proc/thread-self/net/sockstat")?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("TCP:"))
+        .ok_or_else(|| anyhow!("no TCP: line in sockstat"))?;
+    let mut it = line.split_whitespace();
+    while let Some(w) = it.next() {
+        if w == "inuse" {
+            return it
+                .next()
+                .ok_or_else(|| anyhow!("inuse without a value"))?
+                .parse()
+                .context("parse TCP inuse");
+        }
+    }
+    Err(anyhow!("no inuse in {line:?}"))
+}
+
+/// No listener comes within the grace: every parked connection is reset
+/// at expiry, the counters say so, and the port and the namespace's TCP
+/// sockets are back to idle.
+pub fn stop_start_expired(fam: Family, kernel: Kernel) -> Result<()> {
+    set_grace(kernel, grace_ms())?;
+    let mut ck = Checks::new();
+    let idle = tcp_inuse()?;
+    let start = TcpExt::read()?;
+    let (g, queued, mut in_flight) = park_one(fam, &mut ck)?;
+    // The hellos complete the handshakes now, on the parked listener
+    // (base: they meet a closed listener and are reset).
+    for c in &mut in_flight {
+        c.send_hello()?;
+    }
+    let (gap, refused) =
+        connect_or_refused(fam, &g, QUEUED + IN_FLIGHT..QUEUED + IN_FLIGHT + IN_GAP)?;
+    let mut clients = queued;
+    clients.extend(in_flight);
+    clients.extend(gap);
+    let held = clients.len();
+    if kernel == Kernel::Patched {
+        ck.eq("gap clients refused while parked", refused, 0);
+        let expired = wait_until(
+            Duration::from_millis(grace_ms()) + scaled(Duration::from_secs(5)),
+            || Ok(TcpExt::read()?.since(&start, EXPIRED)? >= 1),
+        )?;
+        ck.eq("grace expired", expired, true);
+    }
+    let f = fates(&clients, Deadline::after(event_timeout()))?;
+    ck.eq(
+        "client fates",
+        f.to_string(),
+        format!("data=0 reset={held} eof=0 silent=0 error=0"),
+    );
+    drop(clients);
+    let back = wait_until(event_timeout(), || Ok(tcp_inuse()? == idle))?;
+    ck.eq("TCP sockets in use back to idle", back, true);
+    // The port is free again: a socket without SO_REUSEPORT may take it.
+    let s = fam.tcp_socket()?;
+    ck.eq(
+        "bind without SO_REUSEPORT after expiry",
+        format!(
+            "{:?}",
+            s.bind(&fam.loopback(g.port).into())
+                .map_err(|e| e.raw_os_error())
+        ),
+        "Ok(())".to_string(),
+    );
+    drop(s);
+    if kernel == Kernel::Patched {
+        let now = TcpExt::read()?;
+        ck.eq(PARKED, now.since(&start, PARKED)?, 1);
+        ck.eq(ADOPTED, now.since(&start, ADOPTED)?, 0);
+        ck.eq(EXPIRED, now.since(&start, EXPIRED)?, 1);
+        ck.eq(MIGRATE_OK, now.since(&start, MIGRATE_OK)?, 0);
+        ck.eq(MIGRATE_FAIL, now.since(&start, MIGRATE_FAIL)?, u(held));
+    }
+    ck.finish()
+}
+
+/// What bind(2) answered to a socket made on a thread of its own, as `uid`
+/// (None: root) and with or without SO_REUSEPORT.
+fn bind_outcome(
+    fam: Family,
+    port: u16,
+    uid: Option<u32>,
+    reuseport: bool,
+) -> Result<std::result::Result<(), i32>> {
+    thread::spawn(move || -> Result<std::result::Result<(), i32>> {
+        if let Some(uid) = uid {
+            // Credentials are per thread in the kernel: the raw system
+            // call changes this thread only.
+            // SAFETY: plain system call with integer arguments.
+            if unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) } != 0 {
+                return Err(std::io::Error::last_os_error()).context("setresuid");
+            }
+        }
+        let s = fam.tcp_socket()?;
+        s.set_reuse_port(reuseport)?;
+        Ok(s.bind(&fam.loopback(port).into())
+            .map_err(|e| e.raw_os_error().unwrap_or(-1)))
+    })
+    .join()
+    .map_err(|_| anyhow!("the binding thread panicked"))?
+}
+
+/// While the port is parked, a socket of another uid and one without
+/// SO_REUSEPORT are refused it (EADDRINUSE), and a listener bound to
+/// another device gets none of the parked connections. A listener of the
+/// old group's owner then adopts all of them.
+pub fn stop_start_strangers(fam: Family, kernel: Kernel) -> Result<()> {
+    set_grace(kernel, grace_ms() * 5)?;
+    let mut ck = Checks::new();
+    let start = TcpExt::read()?;
+    let mut g = Group::bind(fam, 1)?;
+    g.listen(0)?;
+    let clients = connect_greet(fam, &g, 0..QUEUED)?;
+    ck.eq(
+        "L0 queue before close",
+        g.wait_queued(0, QUEUED as u32)?,
+        QUEUED as u32,
+    );
+    ck.gate("setup")?;
+    g.stop(0, Stop::Close)?;
+
+    let want = match kernel {
+        Kernel::Patched => format!("{:?}", Err::<(), _>(libc::EADDRINUSE)),
+        Kernel::Base => "Ok(())".to_string(),
+    };
+    ck.eq(
+        "bind of uid 65534 with SO_REUSEPORT",
+        format!("{:?}", bind_outcome(fam, g.port, Some(65534), true)?),
+        want.clone(),
+    );
+    ck.eq(
+        "bind without SO_REUSEPORT",
+        format!("{:?}", bind_outcome(fam, g.port, None, false)?),
+        want,
+    );
+    let dev = Group::bind_on(fam, Some(g.port), &[Some("lo")])?;
+    dev.listen(0)?;
+    thread::sleep(scaled(Duration::from_millis(100)));
+    ck.eq("queue of the listener bound to lo", dev.queued(0)?, 0);
+    ck.gate("strangers")?;
+    drop(dev);
+
+    let n = new_listener(fam, g.port)?;
+    match kernel {
+        Kernel::Patched => {
+            let acc = n.accept_all(QUEUED)?;
+            ck.eq("accepted by the owner's new listener", acc.len(), QUEUED);
+            exchange(&clients, &acc)?.check_all_served(&mut ck, QUEUED);
+            let now = TcpExt::read()?;
+            ck.eq(ADOPTED, now.since(&start, ADOPTED)?, 1);
+        }
+        Kernel::Base => {
+            let f = fates(&clients, Deadline::after(event_timeout()))?;
+            ck.eq(
+                "client fates",
+                f.to_string(),
+                format!("data=0 reset={QUEUED} eof=0 silent=0 error=0"),
+            );
+        }
+    }
+    ck.finish()
+}
+
+/// The grace takes 0 to 60000 ms; anything else is EINVAL and leaves the
+/// value as it was. Base: the sysctl does not exist.
+pub fn grace_rejects_unknown(kernel: Kernel) -> Result<()> {
+    let mut ck = Checks::new();
+    let path = "/proc/sys/net/ipv4/tcp_migrate_req_grace_ms";
+    if kernel == Kernel::Base {
+        ck.eq(
+            "the sysctl exists",
+            std::path::Path::new(path).exists(),
+            false,
+        );
+        return ck.finish();
+    }
+    ck.eq("default", read_sysctl(GRACE)?, "0".to_string());
+    for (value, want) in [
+        ("60000", "ok"),
+        ("0", "ok"),
+        ("250", "ok"),
+        ("60001", "EINVAL"),
+        ("-1", "EINVAL"),
+        ("abc", "EINVAL"),
+    ] {
+        let old = read_sysctl(GRACE)?;
+        let got = match std::fs::write(path, value) {
+            Ok(()) => "ok".to_string(),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => "EINVAL".to_string(),
+            Err(e) => e.to_string(),
+        };
+        ck.eq(&format!("writing {value:?}"), got.as_str(), want);
+        let expect = if want == "ok" { value.to_string() } else { old };
+        ck.eq(
+            &format!("value after {value:?}"),
+            read_sysctl(GRACE)?,
+            expect,
+        );
+    }
+    ck.finish()
+}
+
+/// Runs `f` on a thread whose credentials are `uid` (credentials are per
+/// thread in the kernel, and the raw system call changes only this one).
+fn as_uid<T: Send + 'static>(
+    uid: u32,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    thread::spawn(move || -> Result<T> {
+        // SAFETY: plain system call with integer arguments.
+        if unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("setresuid");
+        }
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow!("the thread of uid {uid} panicked"))?
+}
+
+/// The parked listener belongs to uid 65534, not to root although it has
+/// no file any more: root is refused its port (EADDRINUSE), as it would be
+/// while the old listener was open, and a new listener of uid 65534
+/// adopts every queued connection.
+pub fn stop_start_owner(fam: Family, kernel: Kernel) -> Result<()> {
+    const OWNER: u32 = 65534;
+    set_grace(kernel, grace_ms() * 5)?;
+    let mut ck = Checks::new();
+    let start = TcpExt::read()?;
+    let mut g = as_uid(OWNER, move || {
+        let g = Group::bind(fam, 1)?;
+        g.listen(0)?;
+        Ok(g)
+    })?;
+    let clients = connect_greet(fam, &g, 0..QUEUED)?;
+    ck.eq(
+        "L0 queue before close",
+        g.wait_queued(0, QUEUED as u32)?,
+        QUEUED as u32,
+    );
+    ck.gate("setup")?;
+    g.stop(0, Stop::Close)?;
+    let port = g.port;
+
+    let want = match kernel {
+        Kernel::Patched => format!("{:?}", Err::<(), _>(libc::EADDRINUSE)),
+        Kernel::Base => "Ok(())".to_string(),
+    };
+    ck.eq(
+        "bind of root with SO_REUSEPORT",
+        format!("{:?}", bind_outcome(fam, port, None, true)?),
+        want,
+    );
+    let n = as_uid(OWNER, move || new_listener(fam, port))?;
+    match kernel {
+        Kernel::Patched => {
+            let acc = n.accept_all(QUEUED)?;
+            ck.eq("accepted by the owner's new listener", acc.len(), QUEUED);
+            exchange(&clients, &acc)?.check_all_served(&mut ck, QUEUED);
+            let now = TcpExt::read()?;
+            ck.eq(ADOPTED, now.since(&start, ADOPTED)?, 1);
+        }
+        Kernel::Base => {
+            let f = fates(&clients, Deadline::after(event_timeout()))?;
+            ck.eq(
+                "client fates",
+                f.to_string(),
+                format!("data=0 reset={QUEUED} eof=0 silent=0 error=0"),
+            );
+        }
+    }
+    ck.finish()
+}
