@@ -168,6 +168,10 @@ pub struct RunArgs {
     /// new one starting.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub gap_ms: u64,
+    /// net.ipv4.tcp_migrate_req_grace_ms to set in the namespace (0: leave
+    /// it): how long the last closed listener is parked for a new one.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub park_grace_ms: u64,
     /// New connections per second over all client threads (0: each
     /// thread connects again as soon as its previous attempt ended).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]

@@ -80,6 +80,19 @@ fn storm_main(args: &RunArgs, expect: Option<report::Expect>) -> ExitCode {
         eprintln!("storm: {e:#}");
         return ExitCode::FAILURE;
     }
+    if args.park_grace_ms > 0 {
+        match netns::set_park_grace(args.park_grace_ms) {
+            Ok(()) => {}
+            Err(netns::SysctlError::Missing) => {
+                eprintln!("storm: SKIP: this kernel has no net.ipv4.tcp_migrate_req_grace_ms");
+                return ExitCode::from(EXIT_SKIP);
+            }
+            Err(netns::SysctlError::Other(e)) => {
+                eprintln!("storm: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let result = match netns::set_migrate_req(args.sysctl) {
         Ok(v) => supervisor::run_storm(args, v),
         Err(netns::SysctlError::Missing) => {

@@ -45,6 +45,20 @@ fn loopback_up() -> Result<()> {
     Ok(())
 }
 
+const PARK_GRACE: &str = "/proc/sys/net/ipv4/tcp_migrate_req_grace_ms";
+
+/// Sets net.ipv4.tcp_migrate_req_grace_ms of the current namespace (the
+/// series' own sysctl: Missing on a kernel without it).
+pub fn set_park_grace(ms: u64) -> Result<(), SysctlError> {
+    match fs::write(PARK_GRACE, ms.to_string()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Err(SysctlError::Missing),
+        Err(e) => Err(SysctlError::Other(
+            anyhow!(e).context(format!("cannot write {ms} to {PARK_GRACE}")),
+        )),
+    }
+}
+
 /// Why [`set_migrate_req`] failed.
 pub enum SysctlError {
     /// The kernel has no tcp_migrate_req.
