@@ -107,12 +107,36 @@ pub(super) fn steer_stats(s: &Steer) -> Result<String> {
     Ok(out.join(" "))
 }
 
-/// Whether `e` comes from ECONNRESET.
-fn is_reset(e: &anyhow::Error) -> bool {
+/// Whether `e` comes from the system error `errno`.
+pub(super) fn caused_by(e: &anyhow::Error, errno: i32) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.raw_os_error() == Some(libc::ECONNRESET))
+            .is_some_and(|io| io.raw_os_error() == Some(errno))
     })
+}
+
+/// Whether `e` comes from ECONNRESET.
+fn is_reset(e: &anyhow::Error) -> bool {
+    caused_by(e, libc::ECONNRESET)
+}
+
+/// Runs `f` on a thread whose credentials are `uid`. Credentials are per
+/// thread in the kernel: setresuid(2) as a raw system call changes this
+/// thread only (libc's wrapper would change every thread of the process).
+pub(super) fn as_uid<T: Send + 'static>(
+    uid: u32,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    thread::spawn(move || -> Result<T> {
+        // SAFETY: plain system call with integer arguments.
+        if unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("setresuid({uid})"));
+        }
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow!("the thread of uid {uid} panicked"))?
 }
 
 /// Connects `n` clients to `g` (ids 0..n) with their final ACKs held back

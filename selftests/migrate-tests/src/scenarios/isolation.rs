@@ -13,7 +13,7 @@ use std::thread;
 
 use anyhow::{anyhow, Context, Result};
 
-use super::common::{connect_greet, expect_all_reset, u};
+use super::common::{as_uid, connect_greet, expect_all_reset, u};
 use crate::harness::{
     count_on, enter_fresh_netns, event_timeout, exchange, fates, note, set_migrate_req,
     start_trace, Checks, Deadline, Family, Group, Kernel, Reason, Stop, TcpExt,
@@ -85,20 +85,11 @@ pub fn other_uid(fam: Family, _kernel: Kernel) -> Result<()> {
     let g = Group::bind(fam, 1)?;
     g.listen(0)?;
     let port = g.port;
-    // Credentials are per thread in the kernel: setresuid(2) as a raw
-    // system call changes this thread only (libc's wrapper would change
-    // every thread of the process).
-    let bound = thread::spawn(move || -> Result<std::io::Result<()>> {
-        // SAFETY: plain system call with integer arguments.
-        if unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) } != 0 {
-            return Err(std::io::Error::last_os_error()).context("setresuid(65534)");
-        }
+    let bound = as_uid(65534, move || {
         let s = fam.tcp_socket()?;
         s.set_reuse_port(true)?;
         Ok(s.bind(&fam.loopback(port).into()))
-    })
-    .join()
-    .map_err(|_| anyhow!("the other user's thread panicked"))??;
+    })?;
     let mut ck = Checks::new();
     ck.eq(
         "bind(2) of uid 65534 to the group's port",

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 
-use super::common::{connect_greet, u};
+use super::common::{as_uid, caused_by, children_on_l0, u};
+use super::sysctl_abi::write_outcome;
 use crate::bpf::HoldAck;
 use crate::harness::{
     event_timeout, exchange, fates, note, read_sysctl, scaled, set_migrate_req, set_sysctl,
@@ -61,18 +62,11 @@ fn connect_or_refused(
                 c.send_hello()?;
                 ok.push(c);
             }
-            Err(e) if refused_error(&e) => refused += 1,
+            Err(e) if caused_by(&e, libc::ECONNREFUSED) => refused += 1,
             Err(e) => return Err(e),
         }
     }
     Ok((ok, refused))
-}
-
-fn refused_error(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.raw_os_error() == Some(libc::ECONNREFUSED))
-    })
 }
 
 /// A new listener on the parked group's port, as a restarted server makes.
@@ -86,13 +80,7 @@ fn new_listener(fam: Family, port: u16) -> Result<Group> {
 /// miss their final ACK (it comes with the hello, later); then L0 closes.
 fn park_one(fam: Family, ck: &mut Checks) -> Result<(Group, Vec<Client>, Vec<Client>)> {
     let mut g = Group::bind(fam, 1)?;
-    g.listen(0)?;
-    let queued = connect_greet(fam, &g, 0..QUEUED)?;
-    ck.eq(
-        "L0 queue before close",
-        g.wait_queued(0, QUEUED as u32)?,
-        QUEUED as u32,
-    );
+    let queued = children_on_l0(fam, &g, ck, QUEUED)?;
     let hold = HoldAck::attach(g.port)?;
     let in_flight = (QUEUED..QUEUED + IN_FLIGHT)
         .map(|id| Client::connect(fam, g.addr(), id))
@@ -101,7 +89,7 @@ fn park_one(fam: Family, ck: &mut Checks) -> Result<(Group, Vec<Client>, Vec<Cli
     ck.eq("final ACKs held back", hold.dropped()?, u(IN_FLIGHT));
     hold.release()?;
     drop(hold);
-    ck.gate("setup")?;
+    ck.gate("handshakes held")?;
     g.stop(0, Stop::Close)?;
     Ok((g, queued, in_flight))
 }
@@ -246,30 +234,68 @@ pub fn stop_start_expired(fam: Family, kernel: Kernel) -> Result<()> {
     ck.finish()
 }
 
-/// What bind(2) answered to a socket made on a thread of its own, as `uid`
-/// (None: root) and with or without SO_REUSEPORT.
-fn bind_outcome(
-    fam: Family,
-    port: u16,
-    uid: Option<u32>,
-    reuseport: bool,
-) -> Result<std::result::Result<(), i32>> {
-    thread::spawn(move || -> Result<std::result::Result<(), i32>> {
-        if let Some(uid) = uid {
-            // Credentials are per thread in the kernel: the raw system
-            // call changes this thread only.
-            // SAFETY: plain system call with integer arguments.
-            if unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) } != 0 {
-                return Err(std::io::Error::last_os_error()).context("setresuid");
-            }
-        }
+/// What bind(2) answered to a socket of `uid` (None: this thread's, root)
+/// with or without SO_REUSEPORT, as the Debug text of `Result<(), errno>`.
+fn bind_outcome(fam: Family, port: u16, uid: Option<u32>, reuseport: bool) -> Result<String> {
+    let bind = move || -> Result<String> {
         let s = fam.tcp_socket()?;
         s.set_reuse_port(reuseport)?;
-        Ok(s.bind(&fam.loopback(port).into())
-            .map_err(|e| e.raw_os_error().unwrap_or(-1)))
-    })
-    .join()
-    .map_err(|_| anyhow!("the binding thread panicked"))?
+        let r = s.bind(&fam.loopback(port).into());
+        Ok(format!(
+            "{:?}",
+            r.map_err(|e| e.raw_os_error().unwrap_or(-1))
+        ))
+    };
+    match uid {
+        Some(uid) => as_uid(uid, bind),
+        None => bind(),
+    }
+}
+
+/// What bind(2) of a stranger to a parked port answers: EADDRINUSE on the
+/// patched kernel; on base the port is free once its listener closed.
+fn stranger_bind(kernel: Kernel) -> String {
+    match kernel {
+        Kernel::Patched => format!("{:?}", Err::<(), _>(libc::EADDRINUSE)),
+        Kernel::Base => "Ok(())".to_string(),
+    }
+}
+
+/// L0 listens alone with QUEUED children queued, then closes.
+fn close_with_children(fam: Family, g: &mut Group, ck: &mut Checks) -> Result<Vec<Client>> {
+    let clients = children_on_l0(fam, g, ck, QUEUED)?;
+    g.stop(0, Stop::Close)?;
+    Ok(clients)
+}
+
+/// Patched: the new listener `n` accepts and serves every one of the
+/// QUEUED `clients`, in one adoption since `start`. Base: they were all
+/// reset at the close.
+fn adopted_or_reset(
+    kernel: Kernel,
+    n: &Group,
+    clients: &[Client],
+    start: &TcpExt,
+    ck: &mut Checks,
+) -> Result<()> {
+    match kernel {
+        Kernel::Patched => {
+            let acc = n.accept_all(QUEUED)?;
+            ck.eq("accepted by the owner's new listener", acc.len(), QUEUED);
+            exchange(clients, &acc)?.check_all_served(ck, QUEUED);
+            let now = TcpExt::read()?;
+            ck.eq(ADOPTED, now.since(start, ADOPTED)?, 1);
+        }
+        Kernel::Base => {
+            let f = fates(clients, Deadline::after(event_timeout()))?;
+            ck.eq(
+                "client fates",
+                f.to_string(),
+                format!("data=0 reset={QUEUED} eof=0 silent=0 error=0"),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// While the port is parked, a socket of another uid and one without
@@ -281,29 +307,17 @@ pub fn stop_start_strangers(fam: Family, kernel: Kernel) -> Result<()> {
     let mut ck = Checks::new();
     let start = TcpExt::read()?;
     let mut g = Group::bind(fam, 1)?;
-    g.listen(0)?;
-    let clients = connect_greet(fam, &g, 0..QUEUED)?;
-    ck.eq(
-        "L0 queue before close",
-        g.wait_queued(0, QUEUED as u32)?,
-        QUEUED as u32,
-    );
-    ck.gate("setup")?;
-    g.stop(0, Stop::Close)?;
+    let clients = close_with_children(fam, &mut g, &mut ck)?;
 
-    let want = match kernel {
-        Kernel::Patched => format!("{:?}", Err::<(), _>(libc::EADDRINUSE)),
-        Kernel::Base => "Ok(())".to_string(),
-    };
     ck.eq(
         "bind of uid 65534 with SO_REUSEPORT",
-        format!("{:?}", bind_outcome(fam, g.port, Some(65534), true)?),
-        want.clone(),
+        bind_outcome(fam, g.port, Some(65534), true)?,
+        stranger_bind(kernel),
     );
     ck.eq(
         "bind without SO_REUSEPORT",
-        format!("{:?}", bind_outcome(fam, g.port, None, false)?),
-        want,
+        bind_outcome(fam, g.port, None, false)?,
+        stranger_bind(kernel),
     );
     let dev = Group::bind_on(fam, Some(g.port), &[Some("lo")])?;
     dev.listen(0)?;
@@ -313,23 +327,7 @@ pub fn stop_start_strangers(fam: Family, kernel: Kernel) -> Result<()> {
     drop(dev);
 
     let n = new_listener(fam, g.port)?;
-    match kernel {
-        Kernel::Patched => {
-            let acc = n.accept_all(QUEUED)?;
-            ck.eq("accepted by the owner's new listener", acc.len(), QUEUED);
-            exchange(&clients, &acc)?.check_all_served(&mut ck, QUEUED);
-            let now = TcpExt::read()?;
-            ck.eq(ADOPTED, now.since(&start, ADOPTED)?, 1);
-        }
-        Kernel::Base => {
-            let f = fates(&clients, Deadline::after(event_timeout()))?;
-            ck.eq(
-                "client fates",
-                f.to_string(),
-                format!("data=0 reset={QUEUED} eof=0 silent=0 error=0"),
-            );
-        }
-    }
+    adopted_or_reset(kernel, &n, &clients, &start, &mut ck)?;
     ck.finish()
 }
 
@@ -356,12 +354,11 @@ pub fn grace_rejects_unknown(kernel: Kernel) -> Result<()> {
         ("abc", "EINVAL"),
     ] {
         let old = read_sysctl(GRACE)?;
-        let got = match std::fs::write(path, value) {
-            Ok(()) => "ok".to_string(),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => "EINVAL".to_string(),
-            Err(e) => e.to_string(),
-        };
-        ck.eq(&format!("writing {value:?}"), got.as_str(), want);
+        ck.eq(
+            &format!("writing {value:?}"),
+            write_outcome(GRACE, value).as_str(),
+            want,
+        );
         let expect = if want == "ok" { value.to_string() } else { old };
         ck.eq(
             &format!("value after {value:?}"),
@@ -370,23 +367,6 @@ pub fn grace_rejects_unknown(kernel: Kernel) -> Result<()> {
         );
     }
     ck.finish()
-}
-
-/// Runs `f` on a thread whose credentials are `uid` (credentials are per
-/// thread in the kernel, and the raw system call changes only this one).
-fn as_uid<T: Send + 'static>(
-    uid: u32,
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    thread::spawn(move || -> Result<T> {
-        // SAFETY: plain system call with integer arguments.
-        if unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) } != 0 {
-            return Err(std::io::Error::last_os_error()).context("setresuid");
-        }
-        f()
-    })
-    .join()
-    .map_err(|_| anyhow!("the thread of uid {uid} panicked"))?
 }
 
 /// The parked listener belongs to uid 65534, not to root although it has
@@ -398,47 +378,17 @@ pub fn stop_start_owner(fam: Family, kernel: Kernel) -> Result<()> {
     set_grace(kernel, grace_ms() * 5)?;
     let mut ck = Checks::new();
     let start = TcpExt::read()?;
-    let mut g = as_uid(OWNER, move || {
-        let g = Group::bind(fam, 1)?;
-        g.listen(0)?;
-        Ok(g)
-    })?;
-    let clients = connect_greet(fam, &g, 0..QUEUED)?;
-    ck.eq(
-        "L0 queue before close",
-        g.wait_queued(0, QUEUED as u32)?,
-        QUEUED as u32,
-    );
-    ck.gate("setup")?;
-    g.stop(0, Stop::Close)?;
+    // The socket's owner is who made it; root's listen() does not change it.
+    let mut g = as_uid(OWNER, move || Group::bind(fam, 1))?;
+    let clients = close_with_children(fam, &mut g, &mut ck)?;
     let port = g.port;
 
-    let want = match kernel {
-        Kernel::Patched => format!("{:?}", Err::<(), _>(libc::EADDRINUSE)),
-        Kernel::Base => "Ok(())".to_string(),
-    };
     ck.eq(
         "bind of root with SO_REUSEPORT",
-        format!("{:?}", bind_outcome(fam, port, None, true)?),
-        want,
+        bind_outcome(fam, port, None, true)?,
+        stranger_bind(kernel),
     );
     let n = as_uid(OWNER, move || new_listener(fam, port))?;
-    match kernel {
-        Kernel::Patched => {
-            let acc = n.accept_all(QUEUED)?;
-            ck.eq("accepted by the owner's new listener", acc.len(), QUEUED);
-            exchange(&clients, &acc)?.check_all_served(&mut ck, QUEUED);
-            let now = TcpExt::read()?;
-            ck.eq(ADOPTED, now.since(&start, ADOPTED)?, 1);
-        }
-        Kernel::Base => {
-            let f = fates(&clients, Deadline::after(event_timeout()))?;
-            ck.eq(
-                "client fates",
-                f.to_string(),
-                format!("data=0 reset={QUEUED} eof=0 silent=0 error=0"),
-            );
-        }
-    }
+    adopted_or_reset(kernel, &n, &clients, &start, &mut ck)?;
     ck.finish()
 }

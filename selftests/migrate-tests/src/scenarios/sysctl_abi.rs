@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use crate::harness::{read_sysctl, set_sysctl, write_sysctl, Checks, Kernel, MIGRATE_REQ};
 
 /// What one write(2) to the sysctl answered: "ok", "EINVAL" or the error.
-fn write_outcome(name: &str, value: &str) -> String {
+pub(super) fn write_outcome(name: &str, value: &str) -> String {
     match write_sysctl(name, value) {
         Ok(()) => "ok".into(),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => "EINVAL".into(),
