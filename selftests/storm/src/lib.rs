@@ -113,7 +113,8 @@ pub enum Pattern {
     /// until N/2 (at least 1) remain.
     ScaleDown,
     /// After `--restart-every-ms`, every worker is stopped (all listeners
-    /// closed), then after `--gap-ms` N new workers are started. Once.
+    /// closed), then after `--gap-ms` N new workers are started: once, or
+    /// `--restarts` times, every `--restart-every-ms`.
     StopStart,
     /// At the start of the load worker 0 stops accepting (keeps its
     /// listener open, its accept queue fills); then slots 1..N-1 are
@@ -130,6 +131,31 @@ impl Pattern {
             Pattern::ScaleDown => "scale-down",
             Pattern::StopStart => "stop-start",
             Pattern::Stalled => "stalled",
+        }
+    }
+}
+
+/// How a worker is stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StopBy {
+    /// Asked on its control pipe: it closes its listener and exits, as a
+    /// server does on a reload.
+    Close,
+    /// SIGTERM, which the worker does not catch (`systemctl stop` of a
+    /// server without a handler): the kernel closes its listener at exit.
+    Term,
+    /// SIGKILL (systemd's stop timeout, the OOM killer, a crash): the
+    /// kernel closes its listener at exit.
+    Kill,
+}
+
+impl StopBy {
+    /// The value as written on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopBy::Close => "close",
+            StopBy::Term => "term",
+            StopBy::Kill => "kill",
         }
     }
 }
@@ -161,9 +187,16 @@ pub struct RunArgs {
     /// What happens to the workers during the load.
     #[arg(long, value_enum, default_value = "rolling")]
     pub pattern: Pattern,
-    /// Most restarts in the `rolling` pattern (0: as many as fit).
+    /// Most restarts in the `rolling` pattern (0: as many as fit); number
+    /// of stop-all-then-start cycles in `stop-start` (0: one).
     #[arg(long, default_value_t = 0)]
     pub restarts: u64,
+    /// How a restart stops a worker. With `term` or `kill`, whatever the
+    /// worker had accepted and not answered dies with it: `--hold-ms`
+    /// first lets it finish those, so that only what the kernel holds
+    /// (its queue, its handshakes) is at stake.
+    #[arg(long, value_enum, default_value = "close")]
+    pub stop_by: StopBy,
     /// `stop-start`: time between the last listener closing and the first
     /// new one starting.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=60_000))]
@@ -172,6 +205,12 @@ pub struct RunArgs {
     /// it): how long the last closed listener is parked for a new one.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub park_grace_ms: u64,
+    /// Before a restart closes a worker's listener, the worker stops
+    /// accepting for this long (0: it closes at once), so the close always
+    /// finds connections queued: migrated with migration on, reset
+    /// without it, whatever the timing of the guest.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub hold_ms: u64,
     /// New connections per second over all client threads (0: each
     /// thread connects again as soon as its previous attempt ended).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]

@@ -66,6 +66,8 @@ struct Json<'a> {
     pattern: &'a str,
     gap_ms: u64,
     park_grace_ms: u64,
+    hold_ms: u64,
+    stop_by: &'a str,
     rate: u32,
     achieved_rate: f64,
     connect_p50_us: Option<u32>,
@@ -187,6 +189,8 @@ impl Outcome {
             pattern: a.pattern.as_str(),
             gap_ms: a.gap_ms,
             park_grace_ms: a.park_grace_ms,
+            hold_ms: a.hold_ms,
+            stop_by: a.stop_by.as_str(),
             rate: a.rate,
             achieved_rate: self.achieved_rate(),
             connect_p50_us: t.connect_quantile_us(0.50),
@@ -227,8 +231,12 @@ impl Outcome {
         let t = &self.tally;
         let counts = self.counts();
         let mut why = Vec::new();
-        if !self.errors.is_empty() {
-            why.push(format!("{} supervisor error(s)", self.errors.len()));
+        if let Some(first) = self.errors.first() {
+            // The first one in the verdict line: CI logs may keep only it.
+            why.push(format!(
+                "{} supervisor error(s), first: {first}",
+                self.errors.len()
+            ));
         }
         if self.restarts < 1 {
             why.push("no restart happened".to_string());

@@ -14,7 +14,7 @@ use nix::sys::signal::Signal;
 
 use crate::client::Load;
 use crate::report::Outcome;
-use crate::{netns, Order, Pattern, RunArgs};
+use crate::{netns, Order, Pattern, RunArgs, StopBy};
 
 const TICK: Duration = Duration::from_millis(10);
 /// The load lasts at most this many times `--duration-ms`.
@@ -153,6 +153,28 @@ impl Proc {
         self.status.is_some()
     }
 
+    /// Send `sig` to the worker, unless it is already reaped.
+    fn signal(&mut self, sig: Signal) -> Result<()> {
+        if self.status.is_some() {
+            return Ok(());
+        }
+        let pid = i32::try_from(self.child.id()).context("worker pid")?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)
+            .with_context(|| format!("cannot send {sig} to worker {}", self.id))
+    }
+
+    /// Wait until the worker exited and reap it. False if it did not
+    /// within `deadline`.
+    fn wait_exit(&mut self, deadline: Instant) -> bool {
+        while !self.try_reap() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(TICK);
+        }
+        true
+    }
+
     fn kill(&mut self) {
         if self.status.is_none() {
             let _ = self.child.kill();
@@ -239,11 +261,34 @@ impl<'a> Pool<'a> {
         )
     }
 
-    /// Tell a worker to stop and wait until its listener is closed; then
-    /// let it finish in the background (killed after the grace period).
+    /// Stop a worker as `--stop-by` says and wait until its listener is
+    /// closed; then let it finish in the background (killed after the
+    /// grace period).
     fn stop_worker(&mut self, mut p: Proc) {
-        p.request_stop();
         let grace = Duration::from_millis(self.a.grace_ms);
+        let sig = match self.a.stop_by {
+            StopBy::Close => None,
+            StopBy::Term => Some(Signal::SIGTERM),
+            StopBy::Kill => Some(Signal::SIGKILL),
+        };
+        if let Some(sig) = sig {
+            // The process's exit closes its listener: once it is reaped
+            // the listener is closed. It says nothing on its way out, so
+            // what it served is not in worker_served.
+            if let Err(e) = p.signal(sig) {
+                self.errors.push(format!("{e:#}"));
+            }
+            if !p.wait_exit(Instant::now() + grace) {
+                self.errors.push(format!(
+                    "worker {} still running {} ms after {sig}: killed",
+                    p.id, self.a.grace_ms
+                ));
+                p.kill();
+            }
+            self.retiring.push((p, Instant::now()));
+            return;
+        }
+        p.request_stop();
         if !p.wait_for(|p| p.closed, Instant::now() + grace) {
             self.errors.push(format!(
                 "worker {} did not close its listener within {} ms: killed",
@@ -252,6 +297,24 @@ impl<'a> Pool<'a> {
             p.kill();
         }
         self.retiring.push((p, Instant::now() + grace));
+    }
+
+    /// `--hold-ms`: let the workers' accept queues fill before they
+    /// close, all of them during one hold.
+    fn hold_before_stop(&mut self, procs: &mut [&mut Proc]) {
+        if self.a.hold_ms == 0 {
+            return;
+        }
+        let mut held = false;
+        for p in procs.iter_mut() {
+            match p.request_hold() {
+                Ok(()) => held = true,
+                Err(e) => self.errors.push(format!("{e:#}")),
+            }
+        }
+        if held {
+            std::thread::sleep(Duration::from_millis(self.a.hold_ms));
+        }
     }
 
     fn restart(&mut self, slot: usize) {
@@ -263,7 +326,8 @@ impl<'a> Pool<'a> {
             Order::StartFirst => match self.start_worker() {
                 Ok(new) => {
                     let new_id = new.id;
-                    if let Some(old) = self.live[slot].replace(new) {
+                    if let Some(mut old) = self.live[slot].replace(new) {
+                        self.hold_before_stop(&mut [&mut old]);
                         self.stop_worker(old);
                     }
                     self.log(&format!(
@@ -277,7 +341,8 @@ impl<'a> Pool<'a> {
                 }
             },
             Order::StopFirst => {
-                if let Some(old) = self.live[slot].take() {
+                if let Some(mut old) = self.live[slot].take() {
+                    self.hold_before_stop(&mut [&mut old]);
                     self.stop_worker(old);
                 }
                 match self.start_worker() {
@@ -316,8 +381,12 @@ impl<'a> Pool<'a> {
     /// Stop every worker (all listeners closed), wait `gap`, start N new.
     fn stop_all_then_start(&mut self, gap: Duration) {
         let mut procs: Vec<Proc> = self.live.iter_mut().filter_map(Option::take).collect();
-        for p in &mut procs {
-            p.request_stop();
+        self.hold_before_stop(&mut procs.iter_mut().collect::<Vec<_>>());
+        if self.a.stop_by == StopBy::Close {
+            // All told at once, so the listeners close together.
+            for p in &mut procs {
+                p.request_stop();
+            }
         }
         for p in procs {
             self.stop_worker(p);
@@ -502,7 +571,7 @@ pub fn run_storm(a: &RunArgs, migrate_req: Option<u32>) -> Result<Outcome> {
                 }
                 Pattern::StopStart => {
                     pool.stop_all_then_start(Duration::from_millis(a.gap_ms));
-                    plan_done = true;
+                    plan_done = events >= a.restarts.max(1);
                 }
             }
             next = (next + every).max(Instant::now());
