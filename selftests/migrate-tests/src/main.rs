@@ -124,6 +124,11 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("stop_start_expired", scenarios::stop_start_expired),
     ("stop_start_strangers", scenarios::stop_start_strangers),
     ("stop_start_owner", scenarios::stop_start_owner),
+    ("park_expiry_vs_join", scenarios::park_expiry_vs_join),
+    (
+        "park_joiner_closes_in_adoption",
+        scenarios::park_joiner_closes_in_adoption,
+    ),
 ];
 
 /// A test with no address family, run once under its own name.

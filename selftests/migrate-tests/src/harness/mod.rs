@@ -26,7 +26,9 @@ pub use counters::{
     read_sysctl, set_migrate_req, set_sysctl, write_sysctl, Reason, TcpExt, LISTEN_DROPS,
     LISTEN_OVERFLOWS, MIGRATE_FAIL, MIGRATE_OK, MIGRATE_REQ, SYNACK_RETRANS, TFO_PASSIVE,
 };
-pub use netns::{enter_fresh_netns, pin_to_cpu};
+pub use netns::{
+    enter_fresh_netns, lock_in_memory, outrun_kworkers, pin_to_cpu, BusyCpu, TimersStayLocal,
+};
 pub use sockets::{
     count_on, setsockopt_int, tcp_info, tcp_state, Accepted, Family, Group, Stop, TCP_ESTABLISHED,
     TCP_SYN_RECV,

@@ -52,3 +52,101 @@ pub fn pin_to_cpu(cpu: usize) -> Result<()> {
     }
     Ok(())
 }
+
+/// Makes the whole process resident, now and for what it maps later. The
+/// binary is read from the guest's shared root: under TCG a page fault on
+/// code not yet read has been seen to stall a thread for seconds, which
+/// is longer than the windows the park tests time by the grace.
+pub fn lock_in_memory() -> Result<()> {
+    // SAFETY: no pointers; locks the pages mapped now and later.
+    if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) } != 0 {
+        return Err(io::Error::last_os_error()).context("mlockall");
+    }
+    Ok(())
+}
+
+/// Makes the calling thread real-time (SCHED_FIFO, the lowest priority):
+/// a kworker it wakes on its CPU then runs only once the thread blocks or
+/// exits, not in the middle of its syscall. A test whose gate holds that
+/// kworker with interrupts off would otherwise never see the syscall
+/// return; with [`lock_in_memory`] the thread does not block on the way.
+pub fn outrun_kworkers() -> Result<()> {
+    let param = libc::sched_param { sched_priority: 1 };
+    // SAFETY: pid 0 is the calling thread; `param` outlives the call.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
+        return Err(io::Error::last_os_error()).context("sched_setscheduler(SCHED_FIFO, 1)");
+    }
+    Ok(())
+}
+
+/// A thread that keeps a CPU busy until dropped. A CPU that goes idle
+/// hands its timers to a busy one even with timer_migration at 0 (seen on
+/// 6.12 under TCG): keeping the CPU that armed a timer busy keeps the
+/// timer, and the work it queues, on that CPU. Work it wakes there still
+/// runs: the spinner is an ordinary thread, which the kworker preempts.
+pub struct BusyCpu {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl BusyCpu {
+    pub fn new(cpu: usize) -> Result<Self> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let pinned = pin_to_cpu(cpu);
+            let ok = pinned.is_ok();
+            let _ = tx.send(pinned);
+            while ok && !flag.load(Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        });
+        rx.recv().context("spinner thread")??;
+        Ok(BusyCpu {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for BusyCpu {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+const TIMER_MIGRATION: &str = "/proc/sys/kernel/timer_migration";
+
+/// Timers fire on the CPU that armed them while this lives (restored on
+/// drop): a delayed work item armed from a pinned thread then runs on that
+/// thread's CPU, so a gate holding it spins where the test is not.
+pub struct TimersStayLocal(Option<String>);
+
+impl TimersStayLocal {
+    pub fn new() -> Result<Self> {
+        match std::fs::read_to_string(TIMER_MIGRATION) {
+            Ok(v) => {
+                std::fs::write(TIMER_MIGRATION, "0")
+                    .with_context(|| format!("write 0 to {TIMER_MIGRATION}"))?;
+                Ok(TimersStayLocal(Some(v)))
+            }
+            // Without NO_HZ_COMMON timers never migrate.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(TimersStayLocal(None)),
+            Err(e) => Err(e).context(format!("read {TIMER_MIGRATION}")),
+        }
+    }
+}
+
+impl Drop for TimersStayLocal {
+    fn drop(&mut self) {
+        if let Some(v) = &self.0 {
+            // Best effort: a global setting, put back for the next test.
+            let _ = std::fs::write(TIMER_MIGRATION, v);
+        }
+    }
+}

@@ -21,26 +21,26 @@ use crate::harness::{
 };
 
 pub const GRACE: &str = "net.ipv4.tcp_migrate_req_grace_ms";
-const PARKED: &str = "TCPMigrateReqParked";
-const ADOPTED: &str = "TCPMigrateReqAdopted";
-const EXPIRED: &str = "TCPMigrateReqParkExpired";
+pub(super) const PARKED: &str = "TCPMigrateReqParked";
+pub(super) const ADOPTED: &str = "TCPMigrateReqAdopted";
+pub(super) const EXPIRED: &str = "TCPMigrateReqParkExpired";
 
 /// The grace the tests set: 1 s, as the scenarios, widened with
 /// the suite's time scale on a debug kernel, where the test's own steps
 /// between the close and the new listen() are slower.
-fn grace_ms() -> u64 {
+pub(super) fn grace_ms() -> u64 {
     1000 * u64::from(time_scale())
 }
 
 /// Children queued before the close, handshakes in flight over it, and
 /// clients that connect in the gap.
-const QUEUED: usize = 4;
+pub(super) const QUEUED: usize = 4;
 const IN_FLIGHT: usize = 2;
 const IN_GAP: usize = 3;
 
 /// Sets the grace on the patched kernel; the base kernel has no such
 /// sysctl, and the test then asserts upstream's loss.
-fn set_grace(kernel: Kernel, ms: u64) -> Result<()> {
+pub(super) fn set_grace(kernel: Kernel, ms: u64) -> Result<()> {
     set_migrate_req(true)?;
     match kernel {
         Kernel::Patched => set_sysctl(GRACE, &ms.to_string()),
@@ -70,7 +70,7 @@ fn connect_or_refused(
 }
 
 /// A new listener on the parked group's port, as a restarted server makes.
-fn new_listener(fam: Family, port: u16) -> Result<Group> {
+pub(super) fn new_listener(fam: Family, port: u16) -> Result<Group> {
     let n = Group::bind_on(fam, Some(port), &[None]).context("the new server's bind")?;
     n.listen(0)?;
     Ok(n)

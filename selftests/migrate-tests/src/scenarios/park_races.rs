@@ -1,0 +1,180 @@
+// SPDX-License-Identifier: GPL-2.0
+//! Races of a parked listener's deferred close against the listeners that
+//! come and go meanwhile. The close gate holds the parked listener's work
+//! in tcp_set_state(TCP_CLOSE) of its __tcp_close(): the work has decided
+//! how the park ended (adopted or expired, already counted) but the
+//! listener is still hashed in TCP_LISTEN with everything it keeps, so a
+//! listen() or a close() of the group runs exactly inside that window.
+//!
+//! The gate spins with interrupts off, so the work must run on CPU 0
+//! while the test goes on from CPU 1. The work runs where it is queued:
+//! by the expiry timer, armed by a close() on CPU 0 and kept there by a
+//! spinner (an idle CPU hands its timers over), or by the listen() that
+//! adopts, made on CPU 0 by a real-time thread that gets back to the test
+//! before the kworker it woke runs. Parking is the series' own: on the
+//! base kernel these tests skip, stop_start_* assert upstream's loss
+//! there.
+
+use anyhow::Result;
+
+use super::common::{children_on_l0, close_on_other_cpu, join, on_other_cpu, u};
+use super::stop_start::{grace_ms, new_listener, set_grace, ADOPTED, EXPIRED, PARKED, QUEUED};
+use crate::bpf::{Gate, GateAt};
+use crate::harness::{
+    event_timeout, exchange, lock_in_memory, note, outrun_kworkers, pin_to_cpu, start_trace,
+    wait_until, BusyCpu, Checks, Family, Group, Kernel, Skip, Stop, TcpExt, TimersStayLocal,
+    MIGRATE_OK,
+};
+
+fn patched_only(kernel: Kernel) -> Result<()> {
+    match kernel {
+        Kernel::Patched => Ok(()),
+        Kernel::Base => Err(Skip(
+            "parking is the series' own (stop_start_* assert upstream's loss)".into(),
+        )
+        .into()),
+    }
+}
+
+/// The parks since `start` and how they ended, as one comparable text.
+fn parks(start: &TcpExt) -> Result<String> {
+    let now = TcpExt::read()?;
+    Ok(format!(
+        "parked={} adopted={} expired={}",
+        now.since(start, PARKED)?,
+        now.since(start, ADOPTED)?,
+        now.since(start, EXPIRED)?
+    ))
+}
+
+/// The grace ends and the work decides on expiry; a listener of the group
+/// listens before the work unhashes the parked one. It joins the parked
+/// listener's group, and the close the work finishes migrates every
+/// queued child to it: an expiry that loses the race to a listen() loses
+/// no connection. Counted as an expiry: that is what the work decided.
+pub fn park_expiry_vs_join(fam: Family, kernel: Kernel) -> Result<()> {
+    patched_only(kernel)?;
+    lock_in_memory()?;
+    let _timers = TimersStayLocal::new()?;
+    // Long enough that the gate is armed before the grace ends, however
+    // late the close thread runs.
+    set_grace(kernel, grace_ms() * 3)?;
+    let mut ck = Checks::new();
+    let start = TcpExt::read()?;
+    let mut g = Group::bind(fam, 1)?;
+    let trace = start_trace(kernel, g.port)?;
+    let clients = children_on_l0(fam, &g, &mut ck, QUEUED)?;
+    let gate = Gate::attach(GateAt::Close)?;
+    // CPU 0 arms the expiry timer and must keep it.
+    pin_to_cpu(1)?;
+    let busy = BusyCpu::new(0)?;
+    // Parks: the user's close() never reaches tcp_set_state(TCP_CLOSE).
+    // The gate is armed once the park is counted: under TCG the close
+    // thread has been seen to start seconds late, and the grace runs from
+    // the park, not from the join.
+    join(close_on_other_cpu(&mut g, 0)?)?;
+    let mut seen = String::new();
+    wait_until(event_timeout(), || {
+        seen = parks(&start)?;
+        Ok(seen != "parked=0 adopted=0 expired=0")
+    })?;
+    gate.arm(g.port)?;
+    ck.eq(
+        "parks after the close",
+        seen,
+        "parked=1 adopted=0 expired=0".into(),
+    );
+    ck.gate("parked")?;
+    gate.wait_holding()?;
+    ck.eq(
+        "parks when the grace ended",
+        parks(&start)?,
+        "parked=1 adopted=0 expired=1".into(),
+    );
+
+    let n = new_listener(fam, g.port)?;
+    gate.release()?;
+    // Only now can the spinner run again and see its stop.
+    drop(busy);
+    let acc = n.accept_all(QUEUED)?;
+    ck.eq("accepted by the late listener", acc.len(), QUEUED);
+    exchange(&clients, &acc)?.check_all_served(&mut ck, QUEUED);
+    // The migrations of a park go through the migration tracepoint too.
+    let now = ck.reasons(kernel, &start, trace.as_ref(), "child", &[])?;
+    ck.eq(
+        "parks at the end",
+        parks(&start)?,
+        "parked=1 adopted=0 expired=1".into(),
+    );
+    ck.migrations("", &start, &now, u(QUEUED), 0)?;
+    note(&format!(
+        "{QUEUED} of {QUEUED} served by a listener that came after the expiry"
+    ));
+    ck.finish()
+}
+
+/// L1 joins, the work decides on adoption, and L1 closes before the work
+/// has moved anything to it. L1 is then the last listener serving
+/// userspace (the parked L0 serves nobody): it parks in turn, L0's close
+/// migrates its children onto the parked L1, and L2, listening later,
+/// adopts them from L1. Each child migrates twice and none is lost.
+pub fn park_joiner_closes_in_adoption(fam: Family, kernel: Kernel) -> Result<()> {
+    patched_only(kernel)?;
+    lock_in_memory()?;
+    let _timers = TimersStayLocal::new()?;
+    set_grace(kernel, grace_ms() * 5)?;
+    let mut ck = Checks::new();
+    let start = TcpExt::read()?;
+    let mut g = Group::bind(fam, 1)?;
+    let trace = start_trace(kernel, g.port)?;
+    let clients = children_on_l0(fam, &g, &mut ck, QUEUED)?;
+    let gate = Gate::attach(GateAt::Close)?;
+    // This thread stays off CPU 0, where the gate will spin.
+    pin_to_cpu(1)?;
+    g.stop(0, Stop::Close)?;
+    gate.arm(g.port)?;
+    let port = g.port;
+    // The listen() queues the adoption on its own CPU, where the gate
+    // then holds it; the thread returns L1 to us before the work runs.
+    let l1 = join(on_other_cpu(move || {
+        outrun_kworkers()?;
+        new_listener(fam, port)
+    })?)?;
+    gate.wait_holding()?;
+    ck.eq(
+        "parks once L1 listens",
+        parks(&start)?,
+        "parked=1 adopted=1 expired=0".into(),
+    );
+    drop(l1);
+    ck.eq(
+        "parks once L1 closed",
+        parks(&start)?,
+        "parked=2 adopted=1 expired=0".into(),
+    );
+    gate.release()?;
+    // L0's close goes on after the gate: L2 must not listen before it has
+    // moved every child to L1, or the policy could give some to L2 first.
+    let moved = wait_until(event_timeout(), || {
+        Ok(TcpExt::read()?.since(&start, MIGRATE_OK)? == u(QUEUED))
+    })?;
+    ck.eq("children moved from L0 to the parked L1", moved, true);
+    ck.gate("L0 closed")?;
+
+    let l2 = new_listener(fam, port)?;
+    let acc = l2.accept_all(QUEUED)?;
+    ck.eq("accepted by L2", acc.len(), QUEUED);
+    exchange(&clients, &acc)?.check_all_served(&mut ck, QUEUED);
+    // The migrations of a park go through the migration tracepoint too.
+    let now = ck.reasons(kernel, &start, trace.as_ref(), "child", &[])?;
+    ck.eq(
+        "parks at the end",
+        parks(&start)?,
+        "parked=2 adopted=2 expired=0".into(),
+    );
+    ck.migrations("", &start, &now, u(2 * QUEUED), 0)?;
+    note(&format!(
+        "{QUEUED} of {QUEUED} served by L2, through the parked L1"
+    ));
+    ck.finish()
+}
