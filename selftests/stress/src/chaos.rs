@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 //! Everything around the traffic that changes while it runs: the migration
 //! sysctl and syncookies flip, a migrate program is attached, replaced and
-//! detached, final ACKs are held so that SYN+ACK timers fire, and whole
-//! network namespaces holding live and migrating connections are torn
-//! down.
+//! detached, final ACKs are held so that SYN+ACK timers fire, the parking
+//! grace flips, and whole network namespaces holding live, migrating and
+//! parked connections are torn down.
 
 use std::io::Write;
 use std::os::fd::AsRawFd;
@@ -40,6 +40,19 @@ const HOLD: Duration = Duration::from_millis(1500);
 /// unacknowledged through five retransmissions timed out.
 const HOLD_GAP: Duration = Duration::from_millis(7500);
 
+/// The parking grace (stop-then-start) of the patched kernel; the base
+/// kernel has none, and then the stress never parks.
+pub const PARK_GRACE: &str = "net.ipv4.tcp_migrate_req_grace_ms";
+
+/// Whether this kernel can park a closed last listener.
+pub fn can_park() -> bool {
+    std::path::Path::new("/proc/sys/net/ipv4/tcp_migrate_req_grace_ms").exists()
+}
+
+/// The graces the chaos thread flips among, in ms: off, shorter than a
+/// churn step (parks that expire), and long enough to be adopted.
+const PARK_GRACES: &[u32] = &[0, 300, 1500];
+
 /// The chaos thread: one random operation after another until the run
 /// stops. `modes` are the tcp_migrate_req values the kernel accepts.
 pub fn chaos(pools: &[Arc<Pool>], modes: &[u8], seed: u64, stop: &Stop, stats: &Stats) {
@@ -72,6 +85,14 @@ pub fn chaos(pools: &[Arc<Pool>], modes: &[u8], seed: u64, stop: &Stop, stats: &
                 r
             }
             70..=84 => netns_teardown(stats),
+            // The last listener of a group that closes parks, and the
+            // next one to listen adopts what it kept, or the grace ends.
+            85..=92 if can_park() => {
+                let v = PARK_GRACES[rng.usize(..PARK_GRACES.len())];
+                write_sysctl(PARK_GRACE, &v.to_string())
+                    .map(|()| stats.bump(&format!("op/park_grace_ms={v}")))
+                    .map_err(|e| anyhow!(e).context("write tcp_migrate_req_grace_ms"))
+            }
             _ => Ok(()),
         };
         if let Err(e) = r {
@@ -146,11 +167,16 @@ fn hold_acks(pools: &[Arc<Pool>], stats: &Stats) -> Result<()> {
 
 /// A network namespace with two listeners, queued children, handshakes and
 /// data in flight, and a migration when one listener closes, is dropped
-/// with all of that in it.
+/// with all of that in it. On a kernel that parks, the last listener is
+/// parked with its children when the namespace's last process leaves:
+/// the namespace goes once the grace ends and the park expires.
 fn netns_teardown(stats: &Stats) -> Result<()> {
     let r = thread::spawn(|| -> Result<()> {
         enter_fresh_netns()?;
         set_sysctl(MIGRATE_REQ, "1")?;
+        if can_park() {
+            set_sysctl(PARK_GRACE, "1000")?;
+        }
         set_sysctl("net.ipv4.tcp_fastopen", TFO_NO_COOKIES)?;
         let pool = Pool::new(Family::V4, 0, 2)?;
         let mut clients = Vec::new();
@@ -176,8 +202,9 @@ fn netns_teardown(stats: &Stats) -> Result<()> {
             clients.push(s);
         }
         pool.close_slot(0);
-        drop(clients);
+        // The last listener closes (parks) while its children are alive.
         drop(pool);
+        drop(clients);
         Ok(())
     })
     .join()

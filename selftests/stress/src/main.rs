@@ -8,8 +8,10 @@
 //! SO_INCOMING_CPU set and cleared); clients connect without pause (plain,
 //! data before accept, Fast Open; syncookies forced at times); a migrate
 //! program is attached, replaced and detached and tcp_migrate_req flips;
-//! final ACKs are held so that SYN+ACK timers fire; namespaces with
-//! connections in them are torn down; failslab and fail_page_alloc fail
+//! the parking grace flips, so that a group's last listener to close parks
+//! and the next to listen adopts; final ACKs are held so that SYN+ACK
+//! timers fire; namespaces with connections in them, parked ones too, are
+//! torn down; failslab and fail_page_alloc fail
 //! allocations made under the migration paths.
 //!
 //! It asserts that every client ended served, reset or refused within its
@@ -87,6 +89,13 @@ const FAULT_CACHES: &[&str] = &[
     "TCP",
     "TCPv6",
     "skbuff_head_cache",
+];
+
+/// The stop-then-start counters of the patched kernel.
+const PARK_COUNTERS: &[&str] = &[
+    "TCPMigrateReqParked",
+    "TCPMigrateReqAdopted",
+    "TCPMigrateReqParkExpired",
 ];
 
 struct World {
@@ -235,6 +244,12 @@ fn world(cli: &Cli, seed: u64, stats: &Arc<Stats>) -> Result<World> {
         }
     }
     let reasons_ok = reason_sum.map(|s| s == tcpext.get(MIGRATE_FAIL).unwrap_or(u64::MAX));
+    // Parks and how they ended, where the kernel parks.
+    for name in PARK_COUNTERS {
+        if let Ok(v) = tcpext.get(name) {
+            counters.insert(name.to_string(), v);
+        }
+    }
 
     for p in pools.iter() {
         p.close_all();
