@@ -15,6 +15,7 @@
 pub mod client;
 pub mod netns;
 pub mod report;
+pub mod summary;
 pub mod supervisor;
 pub mod worker;
 
@@ -218,6 +219,10 @@ pub struct RunArgs {
     /// Write the result as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// What this storm is, in the JSON and in `storm summary` (for example
+    /// the kernel and the restart it shows).
+    #[arg(long)]
+    pub label: Option<String>,
     /// Port of the listener group (in the private namespace).
     #[arg(long, default_value_t = 5555, value_parser = clap::value_parser!(u16).range(1..))]
     pub port: u16,

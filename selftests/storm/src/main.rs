@@ -34,6 +34,11 @@ enum Cmd {
     Run(RunArgs),
     /// Run one storm and exit non-zero unless the outcome is as expected.
     Check(CheckArgs),
+    /// Print one Markdown table of the storms whose `--json` results are given.
+    Summary {
+        /// Result files of `storm run --json`, one row each, in this order.
+        files: Vec<std::path::PathBuf>,
+    },
     /// One server worker (started by the supervisor; not for direct use).
     #[command(hide = true)]
     Worker(worker::WorkerArgs),
@@ -63,6 +68,16 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Run(a) => storm_main(&a, None),
+        Cmd::Summary { files } => match storm::summary::run(&files) {
+            Ok(t) => {
+                print!("{t}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("storm summary: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Check(c) => {
             let expect = if c.expect_lossless {
                 report::Expect::Lossless

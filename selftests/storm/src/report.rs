@@ -57,6 +57,8 @@ pub struct Outcome {
 
 #[derive(Serialize)]
 struct Json<'a> {
+    label: Option<&'a str>,
+    kernel: String,
     family: u8,
     sysctl: &'a str,
     tcp_migrate_req: Option<u32>,
@@ -180,6 +182,10 @@ impl Outcome {
         let a = &self.args;
         let t = &self.tally;
         let j = Json {
+            label: a.label.as_deref(),
+            kernel: nix::sys::utsname::uname()
+                .map(|u| u.release().to_string_lossy().into_owned())
+                .unwrap_or_default(),
             family: a.family.as_num(),
             sysctl: a.sysctl.as_str(),
             tcp_migrate_req: self.migrate_req,
