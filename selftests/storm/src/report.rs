@@ -58,7 +58,7 @@ pub struct Outcome {
 #[derive(Serialize)]
 struct Json<'a> {
     label: Option<&'a str>,
-    kernel: String,
+    uname: String,
     family: u8,
     sysctl: &'a str,
     tcp_migrate_req: Option<u32>,
@@ -183,7 +183,7 @@ impl Outcome {
         let t = &self.tally;
         let j = Json {
             label: a.label.as_deref(),
-            kernel: nix::sys::utsname::uname()
+            uname: nix::sys::utsname::uname()
                 .map(|u| u.release().to_string_lossy().into_owned())
                 .unwrap_or_default(),
             family: a.family.as_num(),

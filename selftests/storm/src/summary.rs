@@ -14,8 +14,9 @@ use serde::Deserialize;
 pub struct Row {
     #[serde(default)]
     pub label: Option<String>,
+    /// The release of the kernel it ran on.
     #[serde(default)]
-    pub kernel: String,
+    pub uname: String,
     pub family: u8,
     pub sysctl: String,
     pub pattern: String,
@@ -64,7 +65,7 @@ pub fn table(rows: &[Row]) -> String {
             out,
             "| {} | {} | IPv{} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.name(),
-            r.kernel,
+            r.uname,
             r.family,
             r.attempted,
             r.served,
@@ -96,7 +97,7 @@ mod tests {
     fn row(label: Option<&str>, lost: u64) -> Row {
         Row {
             label: label.map(str::to_string),
-            kernel: "6.12.117+".into(),
+            uname: "6.12.117+".into(),
             family: 6,
             sysctl: "1".into(),
             pattern: "stop-start".into(),
