@@ -22,8 +22,8 @@ use super::stop_start::{grace_ms, new_listener, set_grace, ADOPTED, EXPIRED, PAR
 use crate::bpf::{Gate, GateAt};
 use crate::harness::{
     event_timeout, exchange, lock_in_memory, note, outrun_kworkers, pin_to_cpu, start_trace,
-    wait_until, BusyCpu, Checks, Family, Group, Kernel, Skip, Stop, TcpExt, TimersStayLocal,
-    MIGRATE_OK,
+    wait_until, BusyCpu, Checks, Client, Family, Group, Kernel, Skip, Stop, TcpExt,
+    TimersStayLocal, Trace, MIGRATE_OK,
 };
 
 fn patched_only(kernel: Kernel) -> Result<()> {
@@ -47,70 +47,111 @@ fn parks(start: &TcpExt) -> Result<String> {
     ))
 }
 
+/// What both races start from: L0 alone on its port with QUEUED children,
+/// migrations on the port traced, the close gate attached but not armed,
+/// and this thread on CPU 1, away from where the gate will spin.
+struct Race {
+    kernel: Kernel,
+    ck: Checks,
+    start: TcpExt,
+    g: Group,
+    trace: Option<Trace>,
+    clients: Vec<Client>,
+    gate: Gate,
+    _timers: TimersStayLocal,
+}
+
+impl Race {
+    fn new(fam: Family, kernel: Kernel, grace: u64) -> Result<Race> {
+        patched_only(kernel)?;
+        lock_in_memory()?;
+        let timers = TimersStayLocal::new()?;
+        set_grace(kernel, grace)?;
+        let mut ck = Checks::new();
+        let start = TcpExt::read()?;
+        let g = Group::bind(fam, 1)?;
+        let trace = start_trace(kernel, g.port)?;
+        let clients = children_on_l0(fam, &g, &mut ck, QUEUED)?;
+        let gate = Gate::attach(GateAt::Close)?;
+        pin_to_cpu(1)?;
+        Ok(Race {
+            kernel,
+            ck,
+            start,
+            g,
+            trace,
+            clients,
+            gate,
+            _timers: timers,
+        })
+    }
+
+    /// The parks since the start and how they ended, checked as `what`.
+    fn check_parks(&mut self, what: &str, want: &str) -> Result<()> {
+        let got = parks(&self.start)?;
+        self.ck.eq(what, got, want.into());
+        Ok(())
+    }
+
+    /// `by` accepts and serves every child, each migrated `moves` times
+    /// (the migrations of a park go through the migration tracepoint
+    /// too), and the parks ended as `parks` says.
+    fn served_by(mut self, by: &Group, moves: usize, parks: &str, how: &str) -> Result<()> {
+        let acc = by.accept_all(QUEUED)?;
+        self.ck.eq(&format!("accepted {how}"), acc.len(), QUEUED);
+        exchange(&self.clients, &acc)?.check_all_served(&mut self.ck, QUEUED);
+        let now = self
+            .ck
+            .reasons(self.kernel, &self.start, self.trace.as_ref(), "child", &[])?;
+        self.check_parks("parks at the end", parks)?;
+        self.ck
+            .migrations("", &self.start, &now, u(moves * QUEUED), 0)?;
+        note(&format!("{QUEUED} of {QUEUED} served {how}"));
+        self.ck.finish()
+    }
+}
+
 /// The grace ends and the work decides on expiry; a listener of the group
 /// listens before the work unhashes the parked one. It joins the parked
 /// listener's group, and the close the work finishes migrates every
 /// queued child to it: an expiry that loses the race to a listen() loses
 /// no connection. Counted as an expiry: that is what the work decided.
 pub fn park_expiry_vs_join(fam: Family, kernel: Kernel) -> Result<()> {
-    patched_only(kernel)?;
-    lock_in_memory()?;
-    let _timers = TimersStayLocal::new()?;
     // Long enough that the gate is armed before the grace ends, however
     // late the close thread runs.
-    set_grace(kernel, grace_ms() * 3)?;
-    let mut ck = Checks::new();
-    let start = TcpExt::read()?;
-    let mut g = Group::bind(fam, 1)?;
-    let trace = start_trace(kernel, g.port)?;
-    let clients = children_on_l0(fam, &g, &mut ck, QUEUED)?;
-    let gate = Gate::attach(GateAt::Close)?;
+    let mut r = Race::new(fam, kernel, grace_ms() * 3)?;
     // CPU 0 arms the expiry timer and must keep it.
-    pin_to_cpu(1)?;
     let busy = BusyCpu::new(0)?;
     // Parks: the user's close() never reaches tcp_set_state(TCP_CLOSE).
     // The gate is armed once the park is counted: under TCG the close
     // thread has been seen to start seconds late, and the grace runs from
     // the park, not from the join.
-    join(close_on_other_cpu(&mut g, 0)?)?;
+    join(close_on_other_cpu(&mut r.g, 0)?)?;
     let mut seen = String::new();
     wait_until(event_timeout(), || {
-        seen = parks(&start)?;
+        seen = parks(&r.start)?;
         Ok(seen != "parked=0 adopted=0 expired=0")
     })?;
-    gate.arm(g.port)?;
-    ck.eq(
+    r.gate.arm(r.g.port)?;
+    r.ck.eq(
         "parks after the close",
         seen,
         "parked=1 adopted=0 expired=0".into(),
     );
-    ck.gate("parked")?;
-    gate.wait_holding()?;
-    ck.eq(
-        "parks when the grace ended",
-        parks(&start)?,
-        "parked=1 adopted=0 expired=1".into(),
-    );
+    r.ck.gate("parked")?;
+    r.gate.wait_holding()?;
+    r.check_parks("parks when the grace ended", "parked=1 adopted=0 expired=1")?;
 
-    let n = new_listener(fam, g.port)?;
-    gate.release()?;
+    let n = new_listener(fam, r.g.port)?;
+    r.gate.release()?;
     // Only now can the spinner run again and see its stop.
     drop(busy);
-    let acc = n.accept_all(QUEUED)?;
-    ck.eq("accepted by the late listener", acc.len(), QUEUED);
-    exchange(&clients, &acc)?.check_all_served(&mut ck, QUEUED);
-    // The migrations of a park go through the migration tracepoint too.
-    let now = ck.reasons(kernel, &start, trace.as_ref(), "child", &[])?;
-    ck.eq(
-        "parks at the end",
-        parks(&start)?,
-        "parked=1 adopted=0 expired=1".into(),
-    );
-    ck.migrations("", &start, &now, u(QUEUED), 0)?;
-    note(&format!(
-        "{QUEUED} of {QUEUED} served by a listener that came after the expiry"
-    ));
-    ck.finish()
+    r.served_by(
+        &n,
+        1,
+        "parked=1 adopted=0 expired=1",
+        "by a listener that came after the expiry",
+    )
 }
 
 /// L1 joins, the work decides on adoption, and L1 closes before the work
@@ -119,62 +160,35 @@ pub fn park_expiry_vs_join(fam: Family, kernel: Kernel) -> Result<()> {
 /// migrates its children onto the parked L1, and L2, listening later,
 /// adopts them from L1. Each child migrates twice and none is lost.
 pub fn park_joiner_closes_in_adoption(fam: Family, kernel: Kernel) -> Result<()> {
-    patched_only(kernel)?;
-    lock_in_memory()?;
-    let _timers = TimersStayLocal::new()?;
-    set_grace(kernel, grace_ms() * 5)?;
-    let mut ck = Checks::new();
-    let start = TcpExt::read()?;
-    let mut g = Group::bind(fam, 1)?;
-    let trace = start_trace(kernel, g.port)?;
-    let clients = children_on_l0(fam, &g, &mut ck, QUEUED)?;
-    let gate = Gate::attach(GateAt::Close)?;
-    // This thread stays off CPU 0, where the gate will spin.
-    pin_to_cpu(1)?;
-    g.stop(0, Stop::Close)?;
-    gate.arm(g.port)?;
-    let port = g.port;
+    let mut r = Race::new(fam, kernel, grace_ms() * 5)?;
+    r.g.stop(0, Stop::Close)?;
+    r.gate.arm(r.g.port)?;
+    let port = r.g.port;
     // The listen() queues the adoption on its own CPU, where the gate
     // then holds it; the thread returns L1 to us before the work runs.
     let l1 = join(on_other_cpu(move || {
         outrun_kworkers()?;
         new_listener(fam, port)
     })?)?;
-    gate.wait_holding()?;
-    ck.eq(
-        "parks once L1 listens",
-        parks(&start)?,
-        "parked=1 adopted=1 expired=0".into(),
-    );
+    r.gate.wait_holding()?;
+    r.check_parks("parks once L1 listens", "parked=1 adopted=1 expired=0")?;
     drop(l1);
-    ck.eq(
-        "parks once L1 closed",
-        parks(&start)?,
-        "parked=2 adopted=1 expired=0".into(),
-    );
-    gate.release()?;
+    r.check_parks("parks once L1 closed", "parked=2 adopted=1 expired=0")?;
+    r.gate.release()?;
     // L0's close goes on after the gate: L2 must not listen before it has
     // moved every child to L1, or the policy could give some to L2 first.
+    let start = &r.start;
     let moved = wait_until(event_timeout(), || {
-        Ok(TcpExt::read()?.since(&start, MIGRATE_OK)? == u(QUEUED))
+        Ok(TcpExt::read()?.since(start, MIGRATE_OK)? == u(QUEUED))
     })?;
-    ck.eq("children moved from L0 to the parked L1", moved, true);
-    ck.gate("L0 closed")?;
+    r.ck.eq("children moved from L0 to the parked L1", moved, true);
+    r.ck.gate("L0 closed")?;
 
     let l2 = new_listener(fam, port)?;
-    let acc = l2.accept_all(QUEUED)?;
-    ck.eq("accepted by L2", acc.len(), QUEUED);
-    exchange(&clients, &acc)?.check_all_served(&mut ck, QUEUED);
-    // The migrations of a park go through the migration tracepoint too.
-    let now = ck.reasons(kernel, &start, trace.as_ref(), "child", &[])?;
-    ck.eq(
-        "parks at the end",
-        parks(&start)?,
-        "parked=2 adopted=2 expired=0".into(),
-    );
-    ck.migrations("", &start, &now, u(2 * QUEUED), 0)?;
-    note(&format!(
-        "{QUEUED} of {QUEUED} served by L2, through the parked L1"
-    ));
-    ck.finish()
+    r.served_by(
+        &l2,
+        2,
+        "parked=2 adopted=2 expired=0",
+        "by L2, through the parked L1",
+    )
 }
