@@ -126,6 +126,67 @@ mod tests {
         assert!(lines[3].contains("| 12 | 10 | 2 | 2 |"));
     }
 
+    /// What `storm run --json` writes reads back as a row: the two
+    /// structs name the same fields, and this holds them together.
+    #[test]
+    fn reads_what_a_storm_writes() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            run: crate::RunArgs,
+        }
+        let args = Cli::parse_from(["storm", "--family", "6", "--label", "L", "--sysctl", "1"]).run;
+        let tally = crate::client::Tally {
+            attempted: 12,
+            served: 9,
+            reset: 1,
+            refused: 1,
+            timeout: 1,
+            ..Default::default()
+        };
+        let outcome = crate::report::Outcome {
+            args,
+            migrate_req: Some(1),
+            tally,
+            restarts: 3,
+            restart_failures: 0,
+            worker_served: 9,
+            worker_errors: 0,
+            migrate_success: Some(5),
+            migrate_failure: Some(0),
+            listen_overflows: None,
+            listen_drops: None,
+            tcp_ext_moved: Vec::new(),
+            load_elapsed: std::time::Duration::ZERO,
+            elapsed: std::time::Duration::ZERO,
+            errors: Vec::new(),
+        };
+        let f = std::env::temp_dir().join(format!("storm-roundtrip-{}.json", std::process::id()));
+        outcome.write_json(&f).unwrap();
+        let r = Row::read(&f).unwrap();
+        std::fs::remove_file(&f).unwrap();
+        assert_eq!(r.label.as_deref(), Some("L"));
+        assert_eq!(
+            (r.family, r.sysctl.as_str(), r.pattern.as_str()),
+            (6, "1", "rolling")
+        );
+        assert_eq!(
+            (
+                r.attempted,
+                r.served,
+                r.reset,
+                r.refused,
+                r.timeout,
+                r.other,
+                r.lost
+            ),
+            (12, 9, 1, 1, 1, 0, 3)
+        );
+        assert_eq!((r.restarts, r.migrate_req_success), (3, Some(5)));
+        assert!(!r.uname.is_empty());
+    }
+
     #[test]
     fn a_file_that_is_not_a_result_is_named() {
         let dir = std::env::temp_dir().join(format!("storm-summary-{}", std::process::id()));

@@ -14,7 +14,8 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use migrate_tests::bpf::{HoldAck, Migrate, Steer};
 use migrate_tests::harness::{
-    enter_fresh_netns, poll_fd, scaled, set_sysctl, write_sysctl, Deadline, Family, MIGRATE_REQ,
+    enter_fresh_netns, poll_fd, read_sysctl, scaled, set_sysctl, write_sysctl, Deadline, Family,
+    MIGRATE_REQ,
 };
 
 use crate::listeners::{tcp_socket, Pool};
@@ -46,7 +47,7 @@ pub const PARK_GRACE: &str = "net.ipv4.tcp_migrate_req_grace_ms";
 
 /// Whether this kernel can park a closed last listener.
 pub fn can_park() -> bool {
-    std::path::Path::new("/proc/sys/net/ipv4/tcp_migrate_req_grace_ms").exists()
+    read_sysctl(PARK_GRACE).is_ok()
 }
 
 /// The graces the chaos thread flips among, in ms: off, shorter than a
