@@ -129,6 +129,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
         "park_joiner_closes_in_adoption",
         scenarios::park_joiner_closes_in_adoption,
     ),
+    ("park_netns_exit", scenarios::park_netns_exit),
 ];
 
 /// A test with no address family, run once under its own name.

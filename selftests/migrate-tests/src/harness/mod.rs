@@ -27,7 +27,8 @@ pub use counters::{
     LISTEN_OVERFLOWS, MIGRATE_FAIL, MIGRATE_OK, MIGRATE_REQ, SYNACK_RETRANS, TFO_PASSIVE,
 };
 pub use netns::{
-    enter_fresh_netns, lock_in_memory, outrun_kworkers, pin_to_cpu, BusyCpu, TimersStayLocal,
+    enter_fresh_netns, ip, link_exists, lock_in_memory, outrun_kworkers, pin_to_cpu, BusyCpu,
+    Netns, TimersStayLocal,
 };
 pub use sockets::{
     count_on, setsockopt_int, tcp_info, tcp_state, Accepted, Family, Group, Stop, TCP_ESTABLISHED,

@@ -150,3 +150,56 @@ impl Drop for TimersStayLocal {
         }
     }
 }
+
+/// The network namespace a thread is in, held open so that the thread
+/// can come back to it: a test that enters another namespace for its
+/// setup and then leaves it lets that namespace go once nothing else
+/// holds it.
+pub struct Netns(std::fs::File);
+
+impl Netns {
+    /// The calling thread's namespace.
+    pub fn current() -> Result<Netns> {
+        std::fs::File::open("/proc/thread-self/ns/net")
+            .map(Netns)
+            .context("open /proc/thread-self/ns/net")
+    }
+
+    /// Moves the calling thread into this namespace.
+    pub fn enter(&self) -> Result<()> {
+        // SAFETY: the descriptor is a namespace file this value owns.
+        if unsafe { libc::setns(self.0.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(io::Error::last_os_error()).context("setns(CLONE_NEWNET)");
+        }
+        Ok(())
+    }
+
+    /// A path to this namespace that another process can open (what
+    /// iproute2 takes as `netns FILE`).
+    pub fn path(&self) -> String {
+        format!("/proc/{}/fd/{}", std::process::id(), self.0.as_raw_fd())
+    }
+}
+
+/// Runs iproute2's `ip ARGS` in the calling thread's namespace.
+pub fn ip(args: &[&str]) -> Result<()> {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .context("run ip (iproute2; scripts/setup-host installs it)")?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Whether the calling thread's namespace has a device called `name`.
+pub fn link_exists(name: &str) -> Result<bool> {
+    let c = std::ffi::CString::new(name).context("device name")?;
+    // SAFETY: a valid NUL-terminated string; no other memory is touched.
+    Ok(unsafe { libc::if_nametoindex(c.as_ptr()) } != 0)
+}

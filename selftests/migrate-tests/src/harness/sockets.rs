@@ -4,7 +4,7 @@
 
 use std::io;
 use std::mem;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::thread;
 
@@ -120,6 +120,7 @@ pub enum Stop {
 pub struct Group {
     pub family: Family,
     pub port: u16,
+    ip: IpAddr,
     socks: Vec<Option<Socket>>,
     backlogs: Vec<i32>,
 }
@@ -140,6 +141,17 @@ impl Group {
     /// As [`Group::bind`], on a given port (None: a free one), socket i
     /// bound to device `devices[i]` (SO_BINDTODEVICE) or to none.
     pub fn bind_on(family: Family, port: Option<u16>, devices: &[Option<&str>]) -> Result<Group> {
+        Self::bind_at(family, family.loopback(0).ip(), port, devices)
+    }
+
+    /// As [`Group::bind_on`], on address `ip` of this namespace rather than
+    /// loopback, for clients of another namespace.
+    pub fn bind_at(
+        family: Family,
+        ip: IpAddr,
+        port: Option<u16>,
+        devices: &[Option<&str>],
+    ) -> Result<Group> {
         // Every listener binds to the port by number, as servers do: a
         // socket bound to port 0 gives its port up when it closes, one
         // bound by number keeps it until it is freed, and only then can a
@@ -149,7 +161,7 @@ impl Group {
             None => {
                 let probe = family.tcp_socket()?;
                 probe
-                    .bind(&family.loopback(0).into())
+                    .bind(&SocketAddr::new(ip, 0).into())
                     .context("bind a probe socket to find a free port")?;
                 port_of(&probe.local_addr()?)
             }
@@ -163,20 +175,21 @@ impl Group {
                 s.bind_device(Some(d.as_bytes()))
                     .with_context(|| format!("SO_BINDTODEVICE {d} on L{i}"))?;
             }
-            s.bind(&family.loopback(port).into())
-                .with_context(|| format!("bind L{i} to port {port}"))?;
+            s.bind(&SocketAddr::new(ip, port).into())
+                .with_context(|| format!("bind L{i} to {ip} port {port}"))?;
             socks.push(Some(s));
         }
         Ok(Group {
             family,
             port,
+            ip,
             socks,
             backlogs: vec![LISTEN_BACKLOG; n],
         })
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.family.loopback(self.port)
+        SocketAddr::new(self.ip, self.port)
     }
 
     pub fn len(&self) -> usize {

@@ -38,7 +38,7 @@ pub use lost::{
     bpf_to_full_target, disabled_after_close, expired_in_migration, lost_children, Lost,
 };
 pub use nomem::{nomem_at_close, Alloc};
-pub use park_races::{park_expiry_vs_join, park_joiner_closes_in_adoption};
+pub use park_races::{park_expiry_vs_join, park_joiner_closes_in_adoption, park_netns_exit};
 pub use queued_children::{incoming_cpu_children, queued_children};
 pub use stop_start::{
     grace_rejects_unknown, stop_start, stop_start_expired, stop_start_owner, stop_start_strangers,

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 //! Races of a parked listener's deferred close against the listeners that
-//! come and go meanwhile. The close gate holds the parked listener's work
-//! in tcp_set_state(TCP_CLOSE) of its __tcp_close(): the work has decided
+//! come and go meanwhile, and against its namespace going away. The close
+//! gate holds the parked listener's work in tcp_set_state(TCP_CLOSE) of
+//! its __tcp_close(): the work has decided
 //! how the park ended (adopted or expired, already counted) but the
 //! listener is still hashed in TCP_LISTEN with everything it keeps, so a
 //! listen() or a close() of the group runs exactly inside that window.
@@ -15,15 +16,19 @@
 //! base kernel these tests skip, stop_start_* assert upstream's loss
 //! there.
 
-use anyhow::Result;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Result};
 
 use super::common::{children_on_l0, close_on_other_cpu, join, on_other_cpu, u};
 use super::stop_start::{grace_ms, new_listener, set_grace, ADOPTED, EXPIRED, PARKED, QUEUED};
 use crate::bpf::{Gate, GateAt};
 use crate::harness::{
-    event_timeout, exchange, lock_in_memory, note, outrun_kworkers, pin_to_cpu, start_trace,
-    wait_until, BusyCpu, Checks, Client, Family, Group, Kernel, Skip, Stop, TcpExt,
-    TimersStayLocal, Trace, MIGRATE_OK,
+    enter_fresh_netns, event_timeout, exchange, fates, ip, link_exists, lock_in_memory, note,
+    outrun_kworkers, pin_to_cpu, scaled, start_trace, wait_until, BusyCpu, Checks, Client,
+    Deadline, Family, Group, Kernel, Netns, Skip, Stop, TcpExt, TimersStayLocal, Trace, MIGRATE_OK,
 };
 
 fn patched_only(kernel: Kernel) -> Result<()> {
@@ -191,4 +196,184 @@ pub fn park_joiner_closes_in_adoption(fam: Family, kernel: Kernel) -> Result<()>
         "parked=2 adopted=2 expired=0",
         "by L2, through the parked L1",
     )
+}
+
+/// The tcp:tcp_reuseport_migrate events of `trace`, as one comparable text.
+fn events(trace: &Trace) -> Result<String> {
+    let mut got: Vec<String> = trace
+        .counts()?
+        .iter()
+        .map(|(k, n)| format!("{k}={n}"))
+        .collect();
+    got.sort();
+    Ok(got.join(" "))
+}
+
+/// The addresses of the two ends of the veth pair: the parked
+/// listener's and its clients'.
+fn veth_addrs(fam: Family) -> (&'static str, &'static str, IpAddr) {
+    match fam {
+        Family::V4 => (
+            "10.77.0.1/24",
+            "10.77.0.2/24",
+            Ipv4Addr::new(10, 77, 0, 1).into(),
+        ),
+        Family::V6 => (
+            "fd77::1/64",
+            "fd77::2/64",
+            Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 1).into(),
+        ),
+    }
+}
+
+/// Gives `dev` of the calling thread's namespace `addr` (for IPv6 without
+/// duplicate address detection, so usable at once) and brings it up.
+fn veth_end_up(dev: &str, addr: &str) -> Result<()> {
+    let mut args = vec!["addr", "add", addr, "dev", dev];
+    if addr.contains(':') {
+        args.push("nodad");
+    }
+    ip(&args)?;
+    ip(&["link", "set", dev, "up"])
+}
+
+/// How long the kernel takes to dismantle a namespace nothing holds, seen
+/// as its veth peer in the calling thread's namespace going away: the
+/// proof that the test can see a dismantling at all, and how long it
+/// must wait to say that one did not happen.
+fn idle_netns_dismantled(home: &Netns) -> Result<Duration> {
+    let peer = format!("rmidle{}", std::process::id() % 100_000);
+    enter_fresh_netns()?;
+    let made = ip(&[
+        "link",
+        "add",
+        "rmidle",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &peer,
+        "netns",
+        &home.path(),
+    ]);
+    home.enter()?;
+    made?;
+    let t0 = Instant::now();
+    if !wait_until(event_timeout(), || Ok(!link_exists(&peer)?))? {
+        bail!(
+            "the veth peer {peer} of an idle namespace was still there after {:?}",
+            event_timeout()
+        );
+    }
+    Ok(t0.elapsed())
+}
+
+/// A server's namespace goes away while its last listener is parked (a
+/// container stopped during a restart, its clients outside): the
+/// namespace loses its last process and every socket but the parked
+/// listener and its children. The parked listener holds the namespace, as
+/// any orphaned TCP socket does: it must still be there well after an
+/// idle one would have been dismantled. Then the work that ends the park
+/// is held in the listener's close, in a namespace nothing else holds,
+/// and once released it must reset every client and let the namespace
+/// go. The clients are in the test's own namespace, across a veth pair,
+/// which also shows the namespace's end: the kernel deletes both ends of
+/// the pair when it dismantles one side. The namespace is looked at
+/// before the hold, not during it: the gate spins in a BPF program under
+/// RCU, and no namespace can be dismantled until an RCU grace period ends.
+pub fn park_netns_exit(fam: Family, kernel: Kernel) -> Result<()> {
+    patched_only(kernel)?;
+    lock_in_memory()?;
+    let _timers = TimersStayLocal::new()?;
+    // Started here, so that the spinner's thread holds the test's own
+    // namespace and not the server's.
+    let busy = BusyCpu::new(0)?;
+    pin_to_cpu(1)?;
+    let home = Netns::current()?;
+    let dismantle = idle_netns_dismantled(&home)?;
+    let peer = format!("rmpark{}", std::process::id() % 100_000);
+    let (server_addr, client_addr, server_ip) = veth_addrs(fam);
+    enter_fresh_netns()?;
+    let server = Netns::current()?;
+    ip(&[
+        "link",
+        "add",
+        "rmpark",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &peer,
+        "netns",
+        &home.path(),
+    ])?;
+    veth_end_up("rmpark", server_addr)?;
+    // Long enough for the look at the namespace between park and expiry.
+    set_grace(kernel, grace_ms() * 5)?;
+    let mut ck = Checks::new();
+    let start = TcpExt::read()?;
+    let mut g = Group::bind_at(fam, server_ip, None, &[None])?;
+    let trace = start_trace(kernel, g.port)?
+        .ok_or_else(|| anyhow!("the patched kernel has the migration tracepoint"))?;
+    home.enter()?;
+    veth_end_up(&peer, client_addr)?;
+    let clients = children_on_l0(fam, &g, &mut ck, QUEUED)?;
+    server.enter()?;
+    let gate = Gate::attach(GateAt::Close)?;
+    join(close_on_other_cpu(&mut g, 0)?)?;
+    let mut seen = String::new();
+    wait_until(event_timeout(), || {
+        seen = parks(&start)?;
+        Ok(seen != "parked=0 adopted=0 expired=0")
+    })?;
+    gate.arm(g.port)?;
+    ck.eq(
+        "parks after the close",
+        seen,
+        "parked=1 adopted=0 expired=0".into(),
+    );
+    ck.gate("parked")?;
+
+    // Nothing of userspace is left in the server's namespace: were the
+    // parked listener not holding it, it would be dismantled now.
+    drop(g);
+    home.enter()?;
+    drop(server);
+    thread::sleep(scaled(Duration::from_millis(500)) + dismantle * 3);
+    ck.eq(
+        "veth peer while the listener is parked",
+        link_exists(&peer)?,
+        true,
+    );
+    ck.gate("namespace held while parked")?;
+    // The expiry's close, in a namespace held by nothing else.
+    gate.wait_holding()?;
+    ck.eq("migrations while held", events(&trace)?, String::new());
+    gate.release()?;
+    drop(busy);
+    // The close resets every child, as at any expiry, while the
+    // namespace is whole: the resets reach the clients.
+    let f = fates(&clients, Deadline::after(event_timeout()))?;
+    ck.eq(
+        "client fates",
+        f.to_string(),
+        format!("data=0 reset={QUEUED} eof=0 silent=0 error=0"),
+    );
+    let gone = wait_until(event_timeout(), || Ok(!link_exists(&peer)?))?;
+    ck.eq(
+        "veth peer deleted once the parked listener closed",
+        gone,
+        true,
+    );
+    ck.eq(
+        "migrations by the close",
+        events(&trace)?,
+        format!("child/no_listener={QUEUED}"),
+    );
+    note(&format!(
+        "the namespace outlived its last process until the parked listener's close; \
+         {QUEUED} clients reset (an idle one went in {} ms)",
+        dismantle.as_millis()
+    ));
+    ck.finish()
 }
