@@ -14,6 +14,7 @@
 
 pub mod client;
 pub mod netns;
+pub mod nginx;
 pub mod report;
 pub mod summary;
 pub mod supervisor;

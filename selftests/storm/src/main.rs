@@ -15,7 +15,7 @@
 use std::process::ExitCode;
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
-use storm::{netns, report, supervisor, worker, RunArgs, EXIT_SKIP};
+use storm::{netns, nginx, report, supervisor, worker, RunArgs, EXIT_SKIP};
 
 #[derive(Parser)]
 #[command(
@@ -34,6 +34,9 @@ enum Cmd {
     Run(RunArgs),
     /// Run one storm and exit non-zero unless the outcome is as expected.
     Check(CheckArgs),
+    /// Restart a real nginx under wrk's HTTP load and count the failed
+    /// requests (needs Debian's nginx-light and wrk).
+    Nginx(nginx::NginxArgs),
     /// Print one Markdown table of the storms whose `--json` results are given.
     Summary {
         /// Result files of `storm run --json`, one row each, in this order.
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Run(a) => storm_main(&a, None),
+        Cmd::Nginx(a) => nginx_main(&a),
         Cmd::Summary { files } => match storm::summary::run(&files) {
             Ok(t) => {
                 print!("{t}");
@@ -91,32 +95,9 @@ fn main() -> ExitCode {
 
 fn storm_main(args: &RunArgs, expect: Option<report::Expect>) -> ExitCode {
     // Still single-threaded here: unshare(CLONE_NEWNET) must come first.
-    if let Err(e) = netns::enter_private() {
-        eprintln!("storm: {e:#}");
-        return ExitCode::FAILURE;
-    }
-    if args.park_grace_ms > 0 {
-        match netns::set_park_grace(args.park_grace_ms) {
-            Ok(()) => {}
-            Err(netns::SysctlError::Missing) => {
-                eprintln!("storm: SKIP: this kernel has no net.ipv4.tcp_migrate_req_grace_ms");
-                return ExitCode::from(EXIT_SKIP);
-            }
-            Err(netns::SysctlError::Other(e)) => {
-                eprintln!("storm: {e:#}");
-                return ExitCode::FAILURE;
-            }
-        }
-    }
-    let result = match netns::set_migrate_req(args.sysctl) {
+    let result = match enter_configured(args.park_grace_ms, args.sysctl) {
         Ok(v) => supervisor::run_storm(args, v),
-        Err(netns::SysctlError::Missing) => {
-            eprintln!(
-                "storm: SKIP: /proc/sys/net/ipv4/tcp_migrate_req does not exist in this kernel"
-            );
-            return ExitCode::from(EXIT_SKIP);
-        }
-        Err(netns::SysctlError::Other(e)) => Err(e),
+        Err(code) => return code,
     };
     let outcome = match result {
         Ok(o) => o,
@@ -160,6 +141,78 @@ fn storm_main(args: &RunArgs, expect: Option<report::Expect>) -> ExitCode {
             }
             Err(msg) => {
                 eprintln!("storm check: FAIL: {msg}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// Sets up the private namespace as `storm run` does: Err(exit code) if
+/// the storm cannot run (a missing sysctl is a skip).
+fn enter_configured(
+    park_grace_ms: u64,
+    sysctl: storm::SysctlMode,
+) -> Result<Option<u32>, ExitCode> {
+    if let Err(e) = netns::enter_private() {
+        eprintln!("storm: {e:#}");
+        return Err(ExitCode::FAILURE);
+    }
+    if park_grace_ms > 0 {
+        match netns::set_park_grace(park_grace_ms) {
+            Ok(()) => {}
+            Err(netns::SysctlError::Missing) => {
+                eprintln!("storm: SKIP: this kernel has no net.ipv4.tcp_migrate_req_grace_ms");
+                return Err(ExitCode::from(EXIT_SKIP));
+            }
+            Err(netns::SysctlError::Other(e)) => {
+                eprintln!("storm: {e:#}");
+                return Err(ExitCode::FAILURE);
+            }
+        }
+    }
+    match netns::set_migrate_req(sysctl) {
+        Ok(v) => Ok(v),
+        Err(netns::SysctlError::Missing) => {
+            eprintln!(
+                "storm: SKIP: /proc/sys/net/ipv4/tcp_migrate_req does not exist in this kernel"
+            );
+            Err(ExitCode::from(EXIT_SKIP))
+        }
+        Err(netns::SysctlError::Other(e)) => {
+            eprintln!("storm: {e:#}");
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn nginx_main(a: &nginx::NginxArgs) -> ExitCode {
+    let migrate_req = match enter_configured(a.park_grace_ms, a.sysctl) {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    let o = match nginx::run(a, migrate_req) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("storm nginx: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("{}", o.summary_line());
+    if let Some(path) = &a.json {
+        if let Err(e) = o.write_json(path) {
+            eprintln!("storm nginx: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    }
+    match a.expect() {
+        None => ExitCode::SUCCESS,
+        Some(x) => match o.verdict(x, a.restarts) {
+            Ok(msg) => {
+                println!("storm nginx check: PASS: {msg}");
+                ExitCode::SUCCESS
+            }
+            Err(msg) => {
+                eprintln!("storm nginx check: FAIL: {msg}");
                 ExitCode::FAILURE
             }
         },

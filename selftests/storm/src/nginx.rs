@@ -1,0 +1,772 @@
+// SPDX-License-Identifier: GPL-2.0
+//! `storm nginx`: a real server under a real load generator. Debian's
+//! nginx listens on loopback of a private namespace with `reuseport` (one
+//! SO_REUSEPORT listener per worker process) while wrk loads it; the whole
+//! server is stopped (SIGQUIT, which is `nginx -s quit`, or SIGTERM) and a
+//! new nginx is started `--gap-ms` after the old one has exited, as a
+//! `systemctl restart` does. wrk counts what failed.
+//!
+//! Every request has a connection of its own (wrk sends `Connection:
+//! close`, nginx keeps no connection alive). A restart can then lose a
+//! request only through what the kernel does with the connections and the
+//! SYNs of the old server, which is what is measured: with keep-alive,
+//! the old server closing an idle connection while wrk sends on it loses
+//! a request whatever the kernel does.
+//!
+//! wrk reconnects at once after a failure, so its counts are failed
+//! attempts: a port that refuses connections for 100 ms counts once per
+//! retry of each wrk connection. wrk itself never counts a request that
+//! gets no answer at all (its `--timeout` only marks late answers), so
+//! each wrk thread drives one connection and its Lua hooks note when that
+//! connection last got an answer: one silent for longer than the timeout
+//! at the end is counted as stalled.
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use clap::{Args, ValueEnum};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use nix::sys::signal::{kill, sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use crate::report::Expect;
+use crate::{netns, Family, SysctlMode};
+
+/// How the running nginx is stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum NginxStop {
+    /// SIGQUIT (`nginx -s quit`, systemd's ExecStop of Debian's unit):
+    /// the listeners close at once, the requests already accepted are
+    /// answered, then nginx exits.
+    Quit,
+    /// SIGTERM (`nginx -s stop`): nginx exits at once; what its workers
+    /// had accepted and not answered is lost whatever the kernel does.
+    Term,
+}
+
+impl NginxStop {
+    fn signal(self) -> Signal {
+        match self {
+            NginxStop::Quit => Signal::SIGQUIT,
+            NginxStop::Term => Signal::SIGTERM,
+        }
+    }
+
+    /// The storm pattern name in the JSON and the summary table.
+    pub fn pattern(self) -> &'static str {
+        match self {
+            NginxStop::Quit => "nginx-quit-start",
+            NginxStop::Term => "nginx-term-start",
+        }
+    }
+}
+
+/// The `storm nginx` command line.
+#[derive(Args, Clone, Debug)]
+pub struct NginxArgs {
+    /// net.ipv4.tcp_migrate_req to set in the namespace.
+    #[arg(long, value_enum, default_value = "1")]
+    pub sysctl: SysctlMode,
+    /// net.ipv4.tcp_migrate_req_grace_ms to set in the namespace (0: leave
+    /// it; the base kernel has no such sysctl).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub park_grace_ms: u64,
+    /// Address family (loopback only).
+    #[arg(long, value_enum, default_value = "4")]
+    pub family: Family,
+    /// nginx worker processes, each with a reuseport listener of its own.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub workers: u32,
+    /// wrk connections, each sending one request after another, each in a
+    /// wrk thread of its own.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub connections: u32,
+    /// Length of wrk's load, in seconds.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub duration_s: u64,
+    /// Restarts of the whole server during the load.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub restarts: u64,
+    /// Time from the start of the load (or the previous restart's new
+    /// nginx) to the next stop.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub restart_every_ms: u64,
+    /// Time between the old nginx's exit and the new nginx's start.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub gap_ms: u64,
+    /// How the old nginx is stopped.
+    #[arg(long, value_enum, default_value = "quit")]
+    pub stop_by: NginxStop,
+    /// A response later than this counts as lost, and so does a connection
+    /// without any answer for longer at the end of the load, in seconds.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub timeout_s: u64,
+    /// Longest wait for an nginx to listen, and again for it to exit once
+    /// stopped, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub ready_timeout_ms: u64,
+    /// Port nginx listens on (in the private namespace).
+    #[arg(long, default_value_t = 8080, value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: u16,
+    /// listen() backlog of each nginx worker's socket.
+    #[arg(long, default_value_t = 511, value_parser = clap::value_parser!(i32).range(1..))]
+    pub backlog: i32,
+    /// Write the result as JSON to this file (readable by `storm summary`).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// What this run is, in the JSON and in `storm summary`.
+    #[arg(long)]
+    pub label: Option<String>,
+    /// The nginx binary.
+    #[arg(long, default_value = "nginx")]
+    pub nginx: PathBuf,
+    /// The wrk binary.
+    #[arg(long, default_value = "wrk")]
+    pub wrk: PathBuf,
+    /// Directory for nginx's configuration, pid file and logs (default: a
+    /// new one under the temporary directory).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Fail unless no request failed, every restart happened and some
+    /// requests were served.
+    #[arg(long, conflicts_with = "expect_loss")]
+    pub expect_lossless: bool,
+    /// Fail unless at least one request failed (and every restart happened).
+    #[arg(long)]
+    pub expect_loss: bool,
+}
+
+impl NginxArgs {
+    /// What `--expect-*` asks for, if anything.
+    pub fn expect(&self) -> Option<Expect> {
+        match (self.expect_lossless, self.expect_loss) {
+            (true, _) => Some(Expect::Lossless),
+            (_, true) => Some(Expect::Loss),
+            _ => None,
+        }
+    }
+}
+
+/// What wrk's `done()` hook of [`report_lua`] prints: wrk's summary, whose
+/// error counts are per failed attempt, and the stalled connections.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub struct WrkSummary {
+    /// Responses received (any status, however late).
+    pub requests: u64,
+    /// connect() failed at once.
+    pub connect: u64,
+    /// A read failed, or the connection ended before the response: a reset.
+    pub read: u64,
+    /// A write failed: a non-blocking connect() refused later shows here.
+    pub write: u64,
+    /// Responses with a status of 400 or more (among `requests`).
+    pub status: u64,
+    /// Responses later than `--timeout` (among `requests`).
+    pub timeout: u64,
+    /// Connections without any answer for longer than the timeout when
+    /// the load ended (at the second: the hooks' clock is os.time()).
+    pub stalled: u64,
+}
+
+impl WrkSummary {
+    /// The summary line that the hooks print among wrk's output.
+    pub fn parse(stdout: &str) -> Result<WrkSummary> {
+        let line = stdout
+            .lines()
+            .rev()
+            .find(|l| l.trim_start().starts_with("{\"requests\""))
+            .ok_or_else(|| anyhow!("wrk printed no summary line; its output:\n{stdout}"))?;
+        serde_json::from_str(line.trim()).with_context(|| format!("wrk summary {line:?}"))
+    }
+
+    /// Requests that got a response or failed, and those still unanswered.
+    pub fn attempted(&self) -> u64 {
+        self.requests + self.connect + self.read + self.write + self.stalled
+    }
+
+    /// Responses in time with a success status. wrk may count one response
+    /// both late and failed: subtract each at most once.
+    pub fn served(&self) -> u64 {
+        self.requests.saturating_sub(self.status.max(self.timeout))
+    }
+
+    /// Requests without a timely successful response.
+    pub fn lost(&self) -> u64 {
+        self.attempted() - self.served()
+    }
+}
+
+/// wrk's hooks: every thread (one connection each) notes when it last got
+/// an answer; `done()` prints wrk's summary and the threads silent for
+/// more than `timeout_s` as one JSON line.
+pub fn report_lua(timeout_s: u64) -> String {
+    format!(
+        r#"local threads = {{}}
+function setup(thread)
+  table.insert(threads, thread)
+end
+function init(args)
+  answered = os.time()
+end
+function response(status, headers, body)
+  answered = os.time()
+end
+function done(summary, latency, requests)
+  local now, stalled = os.time(), 0
+  for _, t in ipairs(threads) do
+    if now - t:get("answered") > {timeout_s} then
+      stalled = stalled + 1
+    end
+  end
+  local e = summary.errors
+  io.write(string.format(
+    '{{"requests":%d,"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d,"stalled":%d}}\n',
+    summary.requests, e.connect, e.read, e.write, e.status, e.timeout, stalled))
+end
+"#
+    )
+}
+
+/// The nginx configuration: one reuseport listener per worker, no
+/// keep-alive, no logs or temporary files outside `dir` (the guest's root
+/// is read-only), a constant answer.
+pub fn nginx_conf(a: &NginxArgs, dir: &Path) -> String {
+    let d = dir.display();
+    let listen = match a.family {
+        Family::V4 => format!("127.0.0.1:{}", a.port),
+        Family::V6 => format!("[::1]:{}", a.port),
+    };
+    format!(
+        "daemon off;\n\
+         master_process on;\n\
+         worker_processes {workers};\n\
+         pid {d}/nginx.pid;\n\
+         error_log stderr notice;\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{\n\
+         \x20   access_log off;\n\
+         \x20   keepalive_timeout 0;\n\
+         \x20   client_body_temp_path {d}/body;\n\
+         \x20   proxy_temp_path {d}/proxy;\n\
+         \x20   fastcgi_temp_path {d}/fastcgi;\n\
+         \x20   uwsgi_temp_path {d}/uwsgi;\n\
+         \x20   scgi_temp_path {d}/scgi;\n\
+         \x20   server {{\n\
+         \x20       listen {listen} reuseport backlog={backlog};\n\
+         \x20       location / {{ return 200 \"ok\\n\"; }}\n\
+         \x20   }}\n\
+         }}\n",
+        workers = a.workers,
+        backlog = a.backlog,
+    )
+}
+
+/// Everything one run measured.
+#[derive(Debug, Serialize)]
+pub struct NginxOutcome {
+    pub label: Option<String>,
+    pub uname: String,
+    pub family: u8,
+    pub sysctl: String,
+    pub tcp_migrate_req: Option<u32>,
+    pub park_grace_ms: u64,
+    pub pattern: String,
+    pub nginx_workers: u32,
+    pub wrk_connections: u32,
+    pub duration_s: u64,
+    pub gap_ms: u64,
+    pub restart_every_ms: u64,
+    /// The fields `storm summary` reads, as `storm run --json` has them.
+    pub attempted: u64,
+    pub served: u64,
+    pub reset: u64,
+    pub refused: u64,
+    pub timeout: u64,
+    pub other: u64,
+    pub lost: u64,
+    pub restarts: u64,
+    pub migrate_req_success: Option<u64>,
+    pub migrate_req_failure: Option<u64>,
+    pub parked: Option<u64>,
+    pub adopted: Option<u64>,
+    pub park_expired: Option<u64>,
+    pub wrk: WrkSummary,
+    /// How long each stopped nginx took to exit, in milliseconds.
+    pub exit_ms: Vec<u128>,
+    /// How long each new nginx took to listen, in milliseconds.
+    pub start_ms: Vec<u128>,
+}
+
+impl NginxOutcome {
+    fn new(a: &NginxArgs, migrate_req: Option<u32>, wrk: WrkSummary) -> NginxOutcome {
+        NginxOutcome {
+            label: a.label.clone(),
+            uname: nix::sys::utsname::uname()
+                .map(|u| u.release().to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            family: a.family.as_num(),
+            sysctl: a.sysctl.as_str().into(),
+            tcp_migrate_req: migrate_req,
+            park_grace_ms: a.park_grace_ms,
+            pattern: a.stop_by.pattern().into(),
+            nginx_workers: a.workers,
+            wrk_connections: a.connections,
+            duration_s: a.duration_s,
+            gap_ms: a.gap_ms,
+            restart_every_ms: a.restart_every_ms,
+            attempted: wrk.attempted(),
+            served: wrk.served(),
+            reset: wrk.read,
+            refused: wrk.connect + wrk.write,
+            // Late or stalled; a failed status counted late too is late.
+            timeout: wrk.timeout + wrk.stalled,
+            other: wrk.status.saturating_sub(wrk.timeout),
+            lost: wrk.lost(),
+            restarts: 0,
+            migrate_req_success: None,
+            migrate_req_failure: None,
+            parked: None,
+            adopted: None,
+            park_expired: None,
+            wrk,
+            exit_ms: Vec::new(),
+            start_ms: Vec::new(),
+        }
+    }
+
+    /// One line for the log.
+    pub fn summary_line(&self) -> String {
+        let opt = |v: Option<u64>| v.map_or_else(|| "n/a".into(), |v| v.to_string());
+        format!(
+            "nginx {} ipv{} tcp_migrate_req={} grace={}ms gap={}ms: attempted={} served={} \
+             lost={} (reset={} refused={} late/stalled={} status={}) restarts={} migrated={} \
+             parked={} adopted={} expired={}",
+            self.pattern,
+            self.family,
+            self.sysctl,
+            self.park_grace_ms,
+            self.gap_ms,
+            self.attempted,
+            self.served,
+            self.lost,
+            self.reset,
+            self.refused,
+            self.timeout,
+            self.other,
+            self.restarts,
+            opt(self.migrate_req_success),
+            opt(self.parked),
+            opt(self.adopted),
+            opt(self.park_expired),
+        )
+    }
+
+    /// Ok(message) if the outcome is what `expect` asks for.
+    pub fn verdict(&self, expect: Expect, restarts: u64) -> Result<String, String> {
+        let mut why = Vec::new();
+        if self.restarts != restarts {
+            why.push(format!("{} of {restarts} restarts done", self.restarts));
+        }
+        match expect {
+            Expect::Lossless if self.lost > 0 => why.push(format!("{} lost", self.lost)),
+            Expect::Lossless if self.served == 0 => why.push("nothing served".into()),
+            Expect::Loss if self.lost == 0 => why.push("nothing lost".into()),
+            _ => {}
+        }
+        let what = match expect {
+            Expect::Lossless => "expected lossless",
+            Expect::Loss => "expected loss",
+        };
+        let counts = format!(
+            "attempted={} served={} lost={}",
+            self.attempted, self.served, self.lost
+        );
+        if why.is_empty() {
+            Ok(format!("{what}: {counts}"))
+        } else {
+            Err(format!("{what}: {}: {counts}", why.join("; ")))
+        }
+    }
+
+    /// Write the outcome as one JSON object to `path`.
+    pub fn write_json(&self, path: &Path) -> Result<()> {
+        let mut text = serde_json::to_string_pretty(self)?;
+        text.push('\n');
+        fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+    }
+}
+
+/// Checks that `bin` runs (`bin -v`), naming the package otherwise.
+fn need(bin: &Path, package: &str, flag: &str) -> Result<()> {
+    match Command::new(bin)
+        .arg("-v")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+    {
+        Ok(_) => Ok(()),
+        Err(e) => Err(e).with_context(|| {
+            format!(
+                "cannot run {} (not installed, or not in PATH): install it with \
+                 `apt-get install {package}` (scripts/setup-host does) or pass {flag} PATH",
+                bin.display()
+            )
+        }),
+    }
+}
+
+/// Set by SIGINT or SIGTERM: the run stops, and kills the nginx it
+/// started rather than leave it in a namespace nothing can reach.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+fn catch_interrupts() -> Result<()> {
+    let act = SigAction::new(
+        SigHandler::Handler(on_interrupt),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is
+        // async-signal-safe.
+        unsafe { sigaction(sig, &act) }.with_context(|| format!("sigaction({sig})"))?;
+    }
+    Ok(())
+}
+
+/// Sleeps for `d`, or fails as soon as the run is interrupted.
+fn pause(d: Duration) -> Result<()> {
+    let end = Instant::now() + d;
+    loop {
+        ensure!(
+            !INTERRUPTED.load(Ordering::Relaxed),
+            "interrupted (SIGINT or SIGTERM)"
+        );
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        thread::sleep(left.min(Duration::from_millis(10)));
+    }
+}
+
+/// One nginx: its master process and the log its stderr goes to.
+struct Nginx {
+    child: Child,
+    log: PathBuf,
+    /// Stopped and exited: its workers are gone with it.
+    stopped: bool,
+}
+
+impl Nginx {
+    /// Starts nginx and waits until it listens: its master writes the pid
+    /// file once it has opened and bound every socket, and the sockets
+    /// listen from then on.
+    fn start(a: &NginxArgs, dir: &Path, n: u64) -> Result<Nginx> {
+        let pid_file = dir.join("nginx.pid");
+        let _ = fs::remove_file(&pid_file);
+        let log = dir.join(format!("nginx-{n}.log"));
+        let stderr = fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
+        let child = Command::new(&a.nginx)
+            // A group of its own: an nginx left behind by an error is
+            // killed with its workers.
+            .process_group(0)
+            .arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .args(["-e", "stderr"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("start {}", a.nginx.display()))?;
+        let mut ng = Nginx {
+            child,
+            log,
+            stopped: false,
+        };
+        let deadline = Instant::now() + Duration::from_millis(a.ready_timeout_ms);
+        loop {
+            if let Some(st) = ng.child.try_wait()? {
+                bail!(
+                    "nginx #{n} exited ({st}) before listening: {}",
+                    ng.log_tail()
+                );
+            }
+            if fs::read_to_string(&pid_file).is_ok_and(|p| p.trim() == ng.child.id().to_string()) {
+                return Ok(ng);
+            }
+            if Instant::now() > deadline {
+                ng.kill();
+                bail!(
+                    "nginx #{n} wrote no pid file within {} ms: {}",
+                    a.ready_timeout_ms,
+                    ng.log_tail()
+                );
+            }
+            pause(Duration::from_millis(10))?;
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(5)..].join(" | ");
+        format!("{} (log {})", tail, self.log.display())
+    }
+
+    /// Stops nginx with `how` and waits for it to exit; returns how long
+    /// that took.
+    fn stop(mut self, how: NginxStop, timeout: Duration) -> Result<Duration> {
+        let t0 = Instant::now();
+        let pid = Pid::from_raw(self.child.id() as i32);
+        kill(pid, how.signal()).with_context(|| format!("kill nginx {pid} with {how:?}"))?;
+        loop {
+            if self.child.try_wait()?.is_some() {
+                self.stopped = true;
+                return Ok(t0.elapsed());
+            }
+            if t0.elapsed() > timeout {
+                self.kill();
+                bail!(
+                    "nginx {pid} did not exit within {} ms of {:?}: {}",
+                    timeout.as_millis(),
+                    how.signal(),
+                    self.log_tail()
+                );
+            }
+            pause(Duration::from_millis(5))?;
+        }
+    }
+
+    /// Kills the master and its workers: its process group, which is
+    /// its own and which nothing else joins, is the master's pid until the
+    /// master is reaped here.
+    fn kill(&mut self) {
+        let _ = kill(Pid::from_raw(-(self.child.id() as i32)), Signal::SIGKILL);
+        let _ = self.child.wait();
+        self.stopped = true;
+    }
+}
+
+/// An nginx that an error, an interruption or its own death left behind
+/// is killed with its workers, not left in the namespace.
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        if !self.stopped {
+            self.kill();
+        }
+    }
+}
+
+/// The TcpExt counters this run reports, moved since `before`.
+fn moved(before: &std::collections::HashMap<String, u64>, name: &str) -> Option<u64> {
+    let now = netns::tcp_ext().ok()?;
+    Some(now.get(name)?.saturating_sub(*before.get(name)?))
+}
+
+/// Runs the restarts under wrk's load in the current network namespace,
+/// which the caller has made private and configured (`migrate_req` is the
+/// tcp_migrate_req in force).
+pub fn run(a: &NginxArgs, migrate_req: Option<u32>) -> Result<NginxOutcome> {
+    need(&a.nginx, "nginx-light", "--nginx")?;
+    need(&a.wrk, "wrk", "--wrk")?;
+    let last_stop = (a.restart_every_ms + a.gap_ms) * a.restarts;
+    ensure!(
+        last_stop + 1000 < a.duration_s * 1000,
+        "the restarts end {last_stop} ms into the load, which lasts {} s: \
+         raise --duration-s or lower --restarts, --restart-every-ms or --gap-ms",
+        a.duration_s
+    );
+    catch_interrupts()?;
+    let dir = match &a.dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("storm-nginx-{}", std::process::id())),
+    };
+    fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    fs::write(dir.join("nginx.conf"), nginx_conf(a, &dir))?;
+    let lua = dir.join("report.lua");
+    fs::write(&lua, report_lua(a.timeout_s))?;
+    let wrk_err = dir.join("wrk.err");
+    let before = netns::tcp_ext().unwrap_or_default();
+
+    let mut nginx = Some(Nginx::start(a, &dir, 0)?);
+    let url = match a.family {
+        Family::V4 => format!("http://127.0.0.1:{}/", a.port),
+        Family::V6 => format!("http://[::1]:{}/", a.port),
+    };
+    // At nice 10: load from other machines would not compete with the
+    // server's own start for the CPUs, and under TCG wrk's retries of
+    // refused connections otherwise starve a starting nginx for seconds.
+    let mut wrk = Command::new("nice")
+        .args(["-n", "10"])
+        .arg(&a.wrk)
+        .arg(format!("-t{}", a.connections))
+        .arg(format!("-c{}", a.connections))
+        .arg(format!("-d{}s", a.duration_s))
+        .arg(format!("--timeout={}s", a.timeout_s))
+        .args(["-H", "Connection: close", "-s"])
+        .arg(&lua)
+        .arg(&url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(fs::File::create(&wrk_err)?)
+        .spawn()
+        .with_context(|| format!("start {}", a.wrk.display()))?;
+    // Every restart must happen under the load.
+    let load_start = Instant::now();
+    let mut under_load = |what: &str, exit_ms: &[u128], start_ms: &[u128]| -> Result<()> {
+        match wrk.try_wait()? {
+            None => Ok(()),
+            Some(st) => bail!(
+                "wrk ended ({st}) {} ms into the load, before {what}: the restarts \
+                 outlasted the load (raise --duration-s); nginx exits took {exit_ms:?} ms, \
+                 starts {start_ms:?} ms; wrk said: {}",
+                load_start.elapsed().as_millis(),
+                fs::read_to_string(&wrk_err).unwrap_or_default().trim()
+            ),
+        }
+    };
+
+    let wait = Duration::from_millis(a.ready_timeout_ms);
+    let mut restarts = 0;
+    let (mut exit_ms, mut start_ms) = (Vec::new(), Vec::new());
+    let restarted: Result<()> = (|| {
+        for n in 1..=a.restarts {
+            pause(Duration::from_millis(a.restart_every_ms))?;
+            under_load(&format!("stop {n}"), &exit_ms, &start_ms)?;
+            if let Some(old) = nginx.take() {
+                exit_ms.push(old.stop(a.stop_by, wait)?.as_millis());
+            }
+            pause(Duration::from_millis(a.gap_ms))?;
+            let t0 = Instant::now();
+            nginx = Some(Nginx::start(a, &dir, n)?);
+            start_ms.push(t0.elapsed().as_millis());
+            under_load(&format!("the start after stop {n}"), &exit_ms, &start_ms)?;
+            restarts += 1;
+        }
+        Ok(())
+    })();
+    if restarted.is_err() {
+        let _ = wrk.kill();
+    }
+    // wrk runs for its duration whatever happened to the restarts.
+    let mut out = String::new();
+    if let Some(mut s) = wrk.stdout.take() {
+        s.read_to_string(&mut out).context("read wrk's output")?;
+    }
+    let st = wrk.wait().context("wait for wrk")?;
+    let final_stop = nginx.take().map(|n| n.stop(a.stop_by, wait)).transpose();
+    restarted?;
+    final_stop?;
+    if !st.success() {
+        let err = fs::read_to_string(&wrk_err).unwrap_or_default();
+        bail!("wrk failed ({st}): {err}{out}");
+    }
+
+    let mut o = NginxOutcome::new(a, migrate_req, WrkSummary::parse(&out)?);
+    o.restarts = restarts;
+    o.exit_ms = exit_ms;
+    o.start_ms = start_ms;
+    o.migrate_req_success = moved(&before, "TCPMigrateReqSuccess");
+    o.migrate_req_failure = moved(&before, "TCPMigrateReqFailure");
+    o.parked = moved(&before, "TCPMigrateReqParked");
+    o.adopted = moved(&before, "TCPMigrateReqAdopted");
+    o.park_expired = moved(&before, "TCPMigrateReqParkExpired");
+    if a.dir.is_none() {
+        let _ = fs::remove_dir_all(&dir);
+    }
+    Ok(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        a: NginxArgs,
+    }
+
+    #[test]
+    fn wrk_summary_line() {
+        let out = "Running 6s test @ http://127.0.0.1:8088/\n  \
+                   Socket errors: connect 0, read 4, write 128, timeout 3\n\
+                   {\"requests\":1000,\"connect\":1,\"read\":4,\"write\":128,\
+                   \"status\":2,\"timeout\":3,\"stalled\":1}\n";
+        let s = WrkSummary::parse(out).unwrap();
+        // Late responses are among the requests: not attempted twice.
+        assert_eq!(s.attempted(), 1000 + 1 + 4 + 128 + 1);
+        assert_eq!(s.served(), 997);
+        assert_eq!(s.lost(), 3 + 1 + 4 + 128 + 1);
+        assert!(WrkSummary::parse("Running 6s test\n").is_err());
+    }
+
+    #[test]
+    fn row_columns_add_up_to_lost() {
+        let a = Cli::parse_from(["x"]).a;
+        for (status, timeout) in [(0, 0), (2, 3), (5, 1), (4, 4)] {
+            let wrk = WrkSummary {
+                requests: 100,
+                connect: 1,
+                read: 2,
+                write: 3,
+                status,
+                timeout,
+                stalled: 1,
+            };
+            let o = NginxOutcome::new(&a, Some(1), wrk);
+            assert_eq!(o.reset + o.refused + o.timeout + o.other, o.lost, "{wrk:?}");
+            assert_eq!(o.served + o.lost, o.attempted, "{wrk:?}");
+        }
+    }
+
+    #[test]
+    fn hooks_watch_every_thread() {
+        let l = report_lua(7);
+        assert!(l.contains("> 7 then"), "{l}");
+        assert!(l.contains("\"stalled\":%d"), "{l}");
+    }
+
+    #[test]
+    fn conf_listens_with_reuseport_where_asked() {
+        let a = Cli::parse_from(["x", "--family", "6", "--port", "9000", "--workers", "3"]).a;
+        let c = nginx_conf(&a, Path::new("/tmp/d"));
+        assert!(
+            c.contains("listen [::1]:9000 reuseport backlog=511;"),
+            "{c}"
+        );
+        assert!(c.contains("worker_processes 3;"));
+        assert!(c.contains("pid /tmp/d/nginx.pid;"));
+        assert!(c.contains("keepalive_timeout 0;"));
+    }
+
+    #[test]
+    fn lossless_needs_every_restart() {
+        let a = Cli::parse_from(["x", "--restarts", "2"]).a;
+        let wrk = WrkSummary {
+            requests: 10,
+            ..Default::default()
+        };
+        let mut o = NginxOutcome::new(&a, Some(1), wrk);
+        o.restarts = 1;
+        assert!(o.verdict(Expect::Lossless, 2).is_err());
+        o.restarts = 2;
+        assert!(o.verdict(Expect::Lossless, 2).is_ok());
+        assert!(o.verdict(Expect::Loss, 2).is_err());
+    }
+}
