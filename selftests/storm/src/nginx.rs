@@ -500,6 +500,8 @@ impl Nginx {
         let deadline = Instant::now() + Duration::from_millis(a.ready_timeout_ms);
         loop {
             if let Some(st) = ng.child.try_wait()? {
+                // Reaped: its pid, and so its group's, is no longer ours.
+                ng.stopped = true;
                 bail!(
                     "nginx #{n} exited ({st}) before listening: {}",
                     ng.log_tail()
