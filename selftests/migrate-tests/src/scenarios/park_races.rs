@@ -237,6 +237,22 @@ fn veth_end_up(dev: &str, addr: &str) -> Result<()> {
     ip(&["link", "set", dev, "up"])
 }
 
+/// A veth pair: `name` in the calling thread's namespace, `peer` in `home`.
+fn veth_to(name: &str, peer: &str, home: &Netns) -> Result<()> {
+    ip(&[
+        "link",
+        "add",
+        name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        peer,
+        "netns",
+        &home.path(),
+    ])
+}
+
 /// How long the kernel takes to dismantle a namespace nothing holds, seen
 /// as its veth peer in the calling thread's namespace going away: the
 /// proof that the test can see a dismantling at all, and how long it
@@ -244,18 +260,7 @@ fn veth_end_up(dev: &str, addr: &str) -> Result<()> {
 fn idle_netns_dismantled(home: &Netns) -> Result<Duration> {
     let peer = format!("rmidle{}", std::process::id() % 100_000);
     enter_fresh_netns()?;
-    let made = ip(&[
-        "link",
-        "add",
-        "rmidle",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &peer,
-        "netns",
-        &home.path(),
-    ]);
+    let made = veth_to("rmidle", &peer, home);
     home.enter()?;
     made?;
     let t0 = Instant::now();
@@ -295,18 +300,7 @@ pub fn park_netns_exit(fam: Family, kernel: Kernel) -> Result<()> {
     let (server_addr, client_addr, server_ip) = veth_addrs(fam);
     enter_fresh_netns()?;
     let server = Netns::current()?;
-    ip(&[
-        "link",
-        "add",
-        "rmpark",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &peer,
-        "netns",
-        &home.path(),
-    ])?;
+    veth_to("rmpark", &peer, &home)?;
     veth_end_up("rmpark", server_addr)?;
     // Long enough for the look at the namespace between park and expiry.
     set_grace(kernel, grace_ms() * 5)?;
