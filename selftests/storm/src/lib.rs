@@ -238,8 +238,10 @@ pub struct RunArgs {
     /// the workers' per-connection I/O timeout.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_ms: u64,
-    /// Longest wait for a new worker to report that it listens.
-    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Longest wait for a new worker to report that it listens. It catches
+    /// a worker that hangs, not a slow one: a TCG guest under a full
+    /// client load has taken more than 5 s to start one.
+    #[arg(long, default_value_t = 20000, value_parser = clap::value_parser!(u64).range(1..))]
     pub ready_timeout_ms: u64,
     /// Longest wait for a stopped worker to close its listener, and again
     /// to exit, before it is SIGKILLed.

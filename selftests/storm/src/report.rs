@@ -36,6 +36,9 @@ pub struct Outcome {
     pub worker_served: u64,
     /// Connections a worker failed to serve (its side).
     pub worker_errors: u64,
+    /// Longest time a worker took from spawn to listening: how close the
+    /// guest came to `--ready-timeout-ms`.
+    pub slowest_start: Duration,
     /// TcpExt deltas over the run (None: the kernel lacks the counter).
     pub migrate_success: Option<u64>,
     /// See `migrate_success`.
@@ -95,6 +98,7 @@ struct Json<'a> {
     worker_served: u64,
     worker_errors: u64,
     max_latency_ms: u128,
+    slowest_start_ms: u128,
     load_ms: u128,
     elapsed_ms: u128,
     causes: &'a std::collections::BTreeMap<String, u64>,
@@ -157,7 +161,7 @@ impl Outcome {
         format!(
             "storm: {} | sysctl={} family={} workers={} clients={} pattern={} order={} \
              duration_ms={} restart_every_ms={} work_ms={} restart_failures={} listen_overflows={} \
-             worker_served={} max_latency_ms={} elapsed_ms={}",
+             worker_served={} max_latency_ms={} slowest_start_ms={} elapsed_ms={}",
             self.counts(),
             self.migrate_req
                 .map_or_else(|| "n/a".into(), |v| v.to_string()),
@@ -173,6 +177,7 @@ impl Outcome {
             opt(self.listen_overflows),
             self.worker_served,
             self.tally.max_latency.as_millis(),
+            self.slowest_start.as_millis(),
             self.elapsed.as_millis(),
         )
     }
@@ -222,6 +227,7 @@ impl Outcome {
             worker_served: self.worker_served,
             worker_errors: self.worker_errors,
             max_latency_ms: t.max_latency.as_millis(),
+            slowest_start_ms: self.slowest_start.as_millis(),
             load_ms: self.load_elapsed.as_millis(),
             elapsed_ms: self.elapsed.as_millis(),
             causes: &t.causes,

@@ -153,6 +153,7 @@ mod tests {
             restart_failures: 0,
             worker_served: 9,
             worker_errors: 0,
+            slowest_start: std::time::Duration::ZERO,
             migrate_success: Some(5),
             migrate_failure: Some(0),
             listen_overflows: None,

@@ -211,6 +211,8 @@ struct Pool<'a> {
     restart_failures: u64,
     worker_served: u64,
     worker_errors: u64,
+    /// Longest time from spawn to `ready` of a worker that started.
+    slowest_start: Duration,
     errors: Vec<String>,
 }
 
@@ -228,6 +230,7 @@ impl<'a> Pool<'a> {
             restart_failures: 0,
             worker_served: 0,
             worker_errors: 0,
+            slowest_start: Duration::ZERO,
             errors: Vec::new(),
         })
     }
@@ -246,19 +249,31 @@ impl<'a> Pool<'a> {
     fn start_worker(&mut self) -> Result<Proc> {
         let id = self.next_id;
         self.next_id += 1;
+        let t = Instant::now();
         let mut p = Proc::spawn(&self.exe, self.a, id)?;
-        if p.wait_for(|p| p.ready, Instant::now() + self.ready_timeout()) {
+        if p.wait_for(|p| p.ready, t + self.ready_timeout()) {
+            self.slowest_start = self.slowest_start.max(t.elapsed());
             return Ok(p);
         }
-        p.kill();
+        // Tell a worker that failed (its error is on stderr) from one that
+        // hangs: a closed stdout means it is on its way out, so give it a
+        // moment to exit with a status of its own before kill() reaps it.
+        let exited = p.eof && p.wait_exit(Instant::now() + Duration::from_secs(1));
         let how = match p.status {
-            Some(st) => format!("exited ({st})"),
-            None => "timed out".into(),
+            Some(st) if exited => format!("exited ({st})"),
+            _ if p.eof => {
+                p.kill();
+                "closed its stdout but did not exit: killed".into()
+            }
+            _ => {
+                p.kill();
+                format!(
+                    "still starting after {} ms: killed",
+                    self.a.ready_timeout_ms
+                )
+            }
         };
-        anyhow::bail!(
-            "worker {id} did not report listening within {} ms: {how}",
-            self.a.ready_timeout_ms
-        )
+        anyhow::bail!("worker {id} did not report listening: {how}")
     }
 
     /// Stop a worker as `--stop-by` says and wait until its listener is
@@ -612,6 +627,7 @@ pub fn run_storm(a: &RunArgs, migrate_req: Option<u32>) -> Result<Outcome> {
         restart_failures: pool.restart_failures,
         worker_served: pool.worker_served,
         worker_errors: pool.worker_errors,
+        slowest_start: pool.slowest_start,
         migrate_success: delta("TCPMigrateReqSuccess"),
         migrate_failure: delta("TCPMigrateReqFailure"),
         listen_overflows: delta("ListenOverflows"),
