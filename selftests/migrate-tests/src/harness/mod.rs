@@ -34,7 +34,7 @@ pub use sockets::{
     count_on, setsockopt_int, tcp_info, tcp_state, Accepted, Family, Group, Stop, TCP_ESTABLISHED,
     TCP_SYN_RECV,
 };
-pub use trace::{mount_pseudo_fs, start_trace, Trace};
+pub use trace::{mount_pseudo_fs, start_trace, ParkEvent, Trace};
 
 /// Prefix of a line a test prints to report what it measured; the runner
 /// appends it to the test's `ok` line.

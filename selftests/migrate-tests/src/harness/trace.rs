@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
-//! The `tcp:tcp_reuseport_migrate` tracepoint through tracefs: global to
-//! the machine rather than to the namespace, so it is kept apart.
+//! The `tcp:tcp_reuseport_migrate` and `tcp:tcp_reuseport_park`
+//! tracepoints through tracefs: global to the machine rather than to the
+//! namespace, so they are kept apart.
 
 use std::collections::HashMap;
 use std::fs;
@@ -44,12 +45,36 @@ pub fn mount_pseudo_fs(fstype: &str, at: &str) -> Result<()> {
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 const TRACE_EVENT: &str = "events/tcp/tcp_reuseport_migrate";
+const PARK_EVENT: &str = "events/tcp/tcp_reuseport_park";
 
-/// The `tcp:tcp_reuseport_migrate` tracepoint, enabled through tracefs and
-/// filtered on one listening port. The trace buffer is global, which is
-/// fine: the suite runs one test at a time.
+/// One `tcp_reuseport_park` event: what a parked listener held when it
+/// was parked, adopted or expired.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParkEvent {
+    /// `parked`, `adopted` or `expired`.
+    pub event: String,
+    /// Children in its accept queue.
+    pub queued: u32,
+    /// Handshakes in flight.
+    pub requests: u32,
+}
+
+impl std::fmt::Display for ParkEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} queued={} requests={}",
+            self.event, self.queued, self.requests
+        )
+    }
+}
+/// The `tcp:tcp_reuseport_migrate` tracepoint, and `tcp_reuseport_park`
+/// where the kernel has it, enabled through tracefs and filtered on one
+/// listening port. The trace buffer is global, which is fine: the suite
+/// runs one test at a time.
 pub struct Trace {
     port: u16,
+    park: bool,
 }
 
 impl Trace {
@@ -64,15 +89,63 @@ impl Trace {
         if !ev.exists() {
             bail!("kernel has no tracepoint tcp:tcp_reuseport_migrate ({TRACEFS}/{TRACE_EVENT})");
         }
-        let t = Trace { port };
-        t.write(&format!("{TRACE_EVENT}/enable"), "0")?;
-        t.write(
-            &format!("{TRACE_EVENT}/filter"),
-            &format!("sport == {port}"),
-        )?;
+        let park = root.join(PARK_EVENT).exists();
+        let t = Trace { port, park };
+        for ev in t.events() {
+            t.write(&format!("{ev}/enable"), "0")?;
+            t.write(&format!("{ev}/filter"), &format!("sport == {port}"))?;
+        }
         t.write("trace", "")?;
-        t.write(&format!("{TRACE_EVENT}/enable"), "1")?;
+        for ev in t.events() {
+            t.write(&format!("{ev}/enable"), "1")?;
+        }
         Ok(t)
+    }
+
+    fn events(&self) -> Vec<&'static str> {
+        let mut v = vec![TRACE_EVENT];
+        if self.park {
+            v.push(PARK_EVENT);
+        }
+        v
+    }
+
+    fn read_trace(&self) -> Result<String> {
+        let path = format!("{TRACEFS}/trace");
+        fs::read_to_string(&path).with_context(|| format!("read {path}"))
+    }
+
+    /// The `tcp_reuseport_park` events recorded so far, in order. An error
+    /// on a kernel without that tracepoint.
+    pub fn park_events(&self) -> Result<Vec<ParkEvent>> {
+        if !self.park {
+            bail!("kernel has no tracepoint tcp:tcp_reuseport_park ({TRACEFS}/{PARK_EVENT})");
+        }
+        let port = format!("sport={}", self.port);
+        let mut out = Vec::new();
+        for line in self
+            .read_trace()?
+            .lines()
+            .filter(|l| l.contains("tcp_reuseport_park:"))
+            .filter(|l| l.split_whitespace().any(|w| w == port))
+        {
+            let field = |key: &str| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(key))
+                    .with_context(|| format!("no {key} in {line:?}"))
+            };
+            let num = |key: &str| -> Result<u32> {
+                field(key)?
+                    .parse()
+                    .with_context(|| format!("{key} in {line:?}"))
+            };
+            out.push(ParkEvent {
+                event: field("event=")?.to_string(),
+                queued: num("queued=")?,
+                requests: num("requests=")?,
+            });
+        }
+        Ok(out)
     }
 
     fn write(&self, file: &str, value: &str) -> Result<()> {
@@ -82,8 +155,7 @@ impl Trace {
 
     /// Events recorded so far, counted by `kind/result`.
     pub fn counts(&self) -> Result<HashMap<String, u64>> {
-        let path = format!("{TRACEFS}/trace");
-        let text = fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+        let text = self.read_trace()?;
         let mut out = HashMap::new();
         let port = format!("sport={}", self.port);
         for line in text
@@ -108,6 +180,8 @@ impl Trace {
 
 impl Drop for Trace {
     fn drop(&mut self) {
-        let _ = self.write(&format!("{TRACE_EVENT}/enable"), "0");
+        for ev in self.events() {
+            let _ = self.write(&format!("{ev}/enable"), "0");
+        }
     }
 }

@@ -16,8 +16,8 @@ use super::sysctl_abi::write_outcome;
 use crate::bpf::HoldAck;
 use crate::harness::{
     event_timeout, exchange, fates, note, read_sysctl, scaled, set_migrate_req, set_sysctl,
-    time_scale, wait_until, Checks, Client, Deadline, Family, Group, Kernel, Stop, TcpExt,
-    MIGRATE_FAIL, MIGRATE_OK,
+    start_trace, time_scale, wait_until, Checks, Client, Deadline, Family, Group, Kernel,
+    ParkEvent, Stop, TcpExt, Trace, MIGRATE_FAIL, MIGRATE_OK,
 };
 
 pub const GRACE: &str = "net.ipv4.tcp_migrate_req_grace_ms";
@@ -76,10 +76,15 @@ pub(super) fn new_listener(fam: Family, port: u16) -> Result<Group> {
     Ok(n)
 }
 
+/// What `park_one` leaves: the closed group, its queued and its
+/// in-flight clients, and the trace of its port (None on base).
+type Parked = (Group, Vec<Client>, Vec<Client>, Option<Trace>);
+
 /// QUEUED children wait in L0's accept queue and IN_FLIGHT handshakes
 /// miss their final ACK (it comes with the hello, later); then L0 closes.
-fn park_one(fam: Family, ck: &mut Checks) -> Result<(Group, Vec<Client>, Vec<Client>)> {
+fn park_one(fam: Family, kernel: Kernel, ck: &mut Checks) -> Result<Parked> {
     let mut g = Group::bind(fam, 1)?;
+    let trace = start_trace(kernel, g.port)?;
     let queued = children_on_l0(fam, &g, ck, QUEUED)?;
     let hold = HoldAck::attach(g.port)?;
     let in_flight = (QUEUED..QUEUED + IN_FLIGHT)
@@ -91,7 +96,21 @@ fn park_one(fam: Family, ck: &mut Checks) -> Result<(Group, Vec<Client>, Vec<Cli
     drop(hold);
     ck.gate("handshakes held")?;
     g.stop(0, Stop::Close)?;
-    Ok((g, queued, in_flight))
+    Ok((g, queued, in_flight, trace))
+}
+
+/// Park events as one text, for one exact comparison.
+fn park_text(ev: &[ParkEvent]) -> String {
+    ev.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What the tracepoint says at the park: the QUEUED children and the
+/// IN_FLIGHT handshakes of `park_one`.
+fn parked_event() -> String {
+    format!("parked queued={QUEUED} requests={IN_FLIGHT}")
 }
 
 /// The last listener closes with children queued and handshakes in
@@ -103,7 +122,7 @@ pub fn stop_start(fam: Family, kernel: Kernel, gap_ms: u64) -> Result<()> {
     set_grace(kernel, grace_ms())?;
     let mut ck = Checks::new();
     let start = TcpExt::read()?;
-    let (g, queued, mut in_flight) = park_one(fam, &mut ck)?;
+    let (g, queued, mut in_flight, trace) = park_one(fam, kernel, &mut ck)?;
     let closed_at = std::time::Instant::now();
     let (gap, refused) =
         connect_or_refused(fam, &g, QUEUED + IN_FLIGHT..QUEUED + IN_FLIGHT + IN_GAP)?;
@@ -131,8 +150,28 @@ pub fn stop_start(fam: Family, kernel: Kernel, gap_ms: u64) -> Result<()> {
             ck.eq(ADOPTED, now.since(&start, ADOPTED)?, 1);
             ck.eq(EXPIRED, now.since(&start, EXPIRED)?, 0);
             ck.migrations("", &start, &now, u(all), 0)?;
+            // The adoption runs while the in-flight hellos arrive, so
+            // those may still be requests or already children: only the
+            // sum is fixed.
+            let mut ev = trace.as_ref().context("no trace")?.park_events()?;
+            let (adopted, held) = ev.get(1).map_or((String::new(), 0), |e| {
+                (e.to_string(), e.queued + e.requests)
+            });
+            ev.iter_mut()
+                .skip(1)
+                .for_each(|e| (e.queued, e.requests) = (0, 0));
+            ck.eq(
+                "park events (adoption's counts aside)",
+                park_text(&ev),
+                format!("{}, adopted queued=0 requests=0", parked_event()),
+            );
+            ck.eq(
+                "held at the adoption, queued+requests",
+                u64::from(held),
+                u(all),
+            );
             note(&format!(
-                "{all} of {all} served across a {}ms gap",
+                "{all} of {all} served across a {}ms gap ({adopted})",
                 started_after.as_millis()
             ));
         }
@@ -182,7 +221,7 @@ pub fn stop_start_expired(fam: Family, kernel: Kernel) -> Result<()> {
     let mut ck = Checks::new();
     let idle = tcp_inuse()?;
     let start = TcpExt::read()?;
-    let (g, queued, mut in_flight) = park_one(fam, &mut ck)?;
+    let (g, queued, mut in_flight, trace) = park_one(fam, kernel, &mut ck)?;
     // The hellos complete the handshakes now, on the parked listener
     // (base: they meet a closed listener and are reset).
     for c in &mut in_flight {
@@ -230,6 +269,14 @@ pub fn stop_start_expired(fam: Family, kernel: Kernel) -> Result<()> {
         ck.eq(EXPIRED, now.since(&start, EXPIRED)?, 1);
         ck.eq(MIGRATE_OK, now.since(&start, MIGRATE_OK)?, 0);
         ck.eq(MIGRATE_FAIL, now.since(&start, MIGRATE_FAIL)?, u(held));
+        // A second after the hellos every handshake has completed on the
+        // parked listener: the expiry resets children only.
+        let ev = trace.as_ref().context("no trace")?.park_events()?;
+        ck.eq(
+            "park events",
+            park_text(&ev),
+            format!("{}, expired queued={held} requests=0", parked_event()),
+        );
     }
     ck.finish()
 }
