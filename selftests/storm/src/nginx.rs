@@ -89,8 +89,11 @@ pub struct NginxArgs {
     /// wrk thread of its own.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub connections: u32,
-    /// Length of wrk's load, in seconds.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    /// Longest load, in seconds. wrk is stopped `--timeout-s` + 2 s after
+    /// the last restart's nginx listens, so that a connection that restart
+    /// left without an answer is silent long enough to count as stalled;
+    /// a run whose load ends earlier fails.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub duration_s: u64,
     /// Restarts of the whole server during the load.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
@@ -156,7 +159,8 @@ impl NginxArgs {
 }
 
 /// What wrk's `done()` hook of [`report_lua`] prints: wrk's summary, whose
-/// error counts are per failed attempt, and the stalled connections.
+/// error counts are per failed attempt, and what the hooks counted
+/// themselves per response and per connection.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub struct WrkSummary {
     /// Responses received (any status, however late).
@@ -167,10 +171,17 @@ pub struct WrkSummary {
     pub read: u64,
     /// A write failed: a non-blocking connect() refused later shows here.
     pub write: u64,
-    /// Responses with a status of 400 or more (among `requests`).
+    /// wrk's count of responses with a status of 400 or more.
     pub status: u64,
-    /// Responses later than `--timeout` (among `requests`).
+    /// wrk's timeout count, for the record only: wrk adds one for every
+    /// connection still waiting at each of its 2 s checks, so one slow
+    /// request counts several times, and one never answered counts too.
     pub timeout: u64,
+    /// Responses that came more than `--timeout-s` after their request
+    /// was sent (the hooks' count, in whole seconds).
+    pub late: u64,
+    /// Responses in time with a status of 400 or more (the hooks' count).
+    pub failed: u64,
     /// Connections without any answer for longer than the timeout when
     /// the load ended (at the second: the hooks' clock is os.time()).
     pub stalled: u64,
@@ -184,7 +195,13 @@ impl WrkSummary {
             .rev()
             .find(|l| l.trim_start().starts_with("{\"requests\""))
             .ok_or_else(|| anyhow!("wrk printed no summary line; its output:\n{stdout}"))?;
-        serde_json::from_str(line.trim()).with_context(|| format!("wrk summary {line:?}"))
+        let s: WrkSummary =
+            serde_json::from_str(line.trim()).with_context(|| format!("wrk summary {line:?}"))?;
+        ensure!(
+            s.late + s.failed <= s.requests,
+            "wrk summary {line:?}: more late or failed responses than responses"
+        );
+        Ok(s)
     }
 
     /// Requests that got a response or failed, and those still unanswered.
@@ -192,10 +209,10 @@ impl WrkSummary {
         self.requests + self.connect + self.read + self.write + self.stalled
     }
 
-    /// Responses in time with a success status. wrk may count one response
-    /// both late and failed: subtract each at most once.
+    /// Responses in time with a success status: each response is late,
+    /// failed or served, never two of them.
     pub fn served(&self) -> u64 {
-        self.requests.saturating_sub(self.status.max(self.timeout))
+        self.requests - self.late - self.failed
     }
 
     /// Requests without a timely successful response.
@@ -204,9 +221,10 @@ impl WrkSummary {
     }
 }
 
-/// wrk's hooks: every thread (one connection each) notes when it last got
-/// an answer; `done()` prints wrk's summary and the threads silent for
-/// more than `timeout_s` as one JSON line.
+/// wrk's hooks: every thread (one connection each) notes when it sent its
+/// request and when it last got an answer, and counts its late and its
+/// failed responses; `done()` prints wrk's summary, those counts and the
+/// threads silent for more than `timeout_s` as one JSON line.
 pub fn report_lua(timeout_s: u64) -> String {
     format!(
         r#"local threads = {{}}
@@ -214,22 +232,33 @@ function setup(thread)
   table.insert(threads, thread)
 end
 function init(args)
-  answered = os.time()
+  answered, sent, late, failed = os.time(), os.time(), 0, 0
+end
+function request()
+  sent = os.time()
+  return wrk.format()
 end
 function response(status, headers, body)
   answered = os.time()
+  if answered - sent > {timeout_s} then
+    late = late + 1
+  elseif status >= 400 then
+    failed = failed + 1
+  end
 end
 function done(summary, latency, requests)
-  local now, stalled = os.time(), 0
+  local now, stalled, late, failed = os.time(), 0, 0, 0
   for _, t in ipairs(threads) do
     if now - t:get("answered") > {timeout_s} then
       stalled = stalled + 1
     end
+    late = late + t:get("late")
+    failed = failed + t:get("failed")
   end
   local e = summary.errors
   io.write(string.format(
-    '{{"requests":%d,"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d,"stalled":%d}}\n',
-    summary.requests, e.connect, e.read, e.write, e.status, e.timeout, stalled))
+    '{{"requests":%d,"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d,"late":%d,"failed":%d,"stalled":%d}}\n',
+    summary.requests, e.connect, e.read, e.write, e.status, e.timeout, late, failed, stalled))
 end
 "#
     )
@@ -303,6 +332,8 @@ pub struct NginxOutcome {
     pub exit_ms: Vec<u128>,
     /// How long each new nginx took to listen, in milliseconds.
     pub start_ms: Vec<u128>,
+    /// How long wrk's load lasted, in milliseconds.
+    pub load_ms: u128,
 }
 
 impl NginxOutcome {
@@ -326,9 +357,8 @@ impl NginxOutcome {
             served: wrk.served(),
             reset: wrk.read,
             refused: wrk.connect + wrk.write,
-            // Late or stalled; a failed status counted late too is late.
-            timeout: wrk.timeout + wrk.stalled,
-            other: wrk.status.saturating_sub(wrk.timeout),
+            timeout: wrk.late + wrk.stalled,
+            other: wrk.failed,
             lost: wrk.lost(),
             restarts: 0,
             migrate_req_success: None,
@@ -339,6 +369,7 @@ impl NginxOutcome {
             wrk,
             exit_ms: Vec::new(),
             start_ms: Vec::new(),
+            load_ms: 0,
         }
     }
 
@@ -348,7 +379,7 @@ impl NginxOutcome {
         format!(
             "nginx {} ipv{} tcp_migrate_req={} grace={}ms gap={}ms: attempted={} served={} \
              lost={} (reset={} refused={} late/stalled={} status={}) restarts={} migrated={} \
-             parked={} adopted={} expired={}",
+             parked={} adopted={} expired={} exits={:?}ms starts={:?}ms load={}ms",
             self.pattern,
             self.family,
             self.sysctl,
@@ -366,6 +397,9 @@ impl NginxOutcome {
             opt(self.parked),
             opt(self.adopted),
             opt(self.park_expired),
+            self.exit_ms,
+            self.start_ms,
+            self.load_ms,
         )
     }
 
@@ -444,6 +478,11 @@ fn catch_interrupts() -> Result<()> {
     }
     Ok(())
 }
+
+/// Seconds over `--timeout-s` that the load goes on after the last
+/// restart: the hooks' clock counts whole seconds, and a connection counts
+/// as stalled only when silent for more than the timeout.
+const STALL_MARGIN_S: u64 = 2;
 
 /// Sleeps for `d`, or fails as soon as the run is interrupted.
 fn pause(d: Duration) -> Result<()> {
@@ -585,11 +624,14 @@ fn moved(before: &std::collections::HashMap<String, u64>, name: &str) -> Option<
 pub fn run(a: &NginxArgs, migrate_req: Option<u32>) -> Result<NginxOutcome> {
     need(&a.nginx, "nginx-light", "--nginx")?;
     need(&a.wrk, "wrk", "--wrk")?;
-    let last_stop = (a.restart_every_ms + a.gap_ms) * a.restarts;
+    let tail = Duration::from_secs(a.timeout_s + STALL_MARGIN_S);
+    let planned = (a.restart_every_ms + a.gap_ms) * a.restarts + tail.as_millis() as u64;
     ensure!(
-        last_stop + 1000 < a.duration_s * 1000,
-        "the restarts end {last_stop} ms into the load, which lasts {} s: \
-         raise --duration-s or lower --restarts, --restart-every-ms or --gap-ms",
+        planned < a.duration_s * 1000,
+        "the restarts and the {} s after the last take at least {planned} ms, more \
+         than the load's {} s: raise --duration-s or lower --restarts, \
+         --restart-every-ms, --gap-ms or --timeout-s",
+        tail.as_secs(),
         a.duration_s
     );
     catch_interrupts()?;
@@ -629,6 +671,7 @@ pub fn run(a: &NginxArgs, migrate_req: Option<u32>) -> Result<NginxOutcome> {
         .with_context(|| format!("start {}", a.wrk.display()))?;
     // Every restart must happen under the load.
     let load_start = Instant::now();
+    let wrk_pid = Pid::from_raw(i32::try_from(wrk.id()).context("wrk's pid")?);
     let mut under_load = |what: &str, exit_ms: &[u128], start_ms: &[u128]| -> Result<()> {
         match wrk.try_wait()? {
             None => Ok(()),
@@ -659,17 +702,24 @@ pub fn run(a: &NginxArgs, migrate_req: Option<u32>) -> Result<NginxOutcome> {
             under_load(&format!("the start after stop {n}"), &exit_ms, &start_ms)?;
             restarts += 1;
         }
-        Ok(())
+        pause(tail)?;
+        under_load(
+            &format!("the end of the {} s after the last restart", tail.as_secs()),
+            &exit_ms,
+            &start_ms,
+        )?;
+        // wrk stops at SIGINT as at the end of its -d, done() hook included.
+        kill(wrk_pid, Signal::SIGINT).context("stop wrk with SIGINT")
     })();
     if restarted.is_err() {
         let _ = wrk.kill();
     }
-    // wrk runs for its duration whatever happened to the restarts.
     let mut out = String::new();
     if let Some(mut s) = wrk.stdout.take() {
         s.read_to_string(&mut out).context("read wrk's output")?;
     }
     let st = wrk.wait().context("wait for wrk")?;
+    let load_ms = load_start.elapsed().as_millis();
     let final_stop = nginx.take().map(|n| n.stop(a.stop_by, wait)).transpose();
     restarted?;
     final_stop?;
@@ -682,6 +732,7 @@ pub fn run(a: &NginxArgs, migrate_req: Option<u32>) -> Result<NginxOutcome> {
     o.restarts = restarts;
     o.exit_ms = exit_ms;
     o.start_ms = start_ms;
+    o.load_ms = load_ms;
     o.migrate_req_success = moved(&before, "TCPMigrateReqSuccess");
     o.migrate_req_failure = moved(&before, "TCPMigrateReqFailure");
     o.parked = moved(&before, "TCPMigrateReqParked");
@@ -707,41 +758,51 @@ mod tests {
     #[test]
     fn wrk_summary_line() {
         let out = "Running 6s test @ http://127.0.0.1:8088/\n  \
-                   Socket errors: connect 0, read 4, write 128, timeout 3\n\
+                   Socket errors: connect 0, read 4, write 128, timeout 9\n\
                    {\"requests\":1000,\"connect\":1,\"read\":4,\"write\":128,\
-                   \"status\":2,\"timeout\":3,\"stalled\":1}\n";
+                   \"status\":2,\"timeout\":9,\"late\":3,\"failed\":2,\"stalled\":1}\n";
         let s = WrkSummary::parse(out).unwrap();
-        // Late responses are among the requests: not attempted twice.
+        // Late responses are among the requests: not attempted twice, and
+        // wrk's repeated timeout count plays no part.
         assert_eq!(s.attempted(), 1000 + 1 + 4 + 128 + 1);
-        assert_eq!(s.served(), 997);
-        assert_eq!(s.lost(), 3 + 1 + 4 + 128 + 1);
+        assert_eq!(s.served(), 995);
+        assert_eq!(s.lost(), 3 + 2 + 1 + 4 + 128 + 1);
         assert!(WrkSummary::parse("Running 6s test\n").is_err());
+        let bad = "{\"requests\":3,\"connect\":0,\"read\":0,\"write\":0,\"status\":0,\
+                   \"timeout\":0,\"late\":2,\"failed\":2,\"stalled\":0}\n";
+        assert!(WrkSummary::parse(bad).is_err());
     }
 
     #[test]
     fn row_columns_add_up_to_lost() {
         let a = Cli::parse_from(["x"]).a;
-        for (status, timeout) in [(0, 0), (2, 3), (5, 1), (4, 4)] {
+        for (late, failed, timeout) in [(0, 0, 0), (2, 3, 7), (5, 1, 0), (4, 4, 4)] {
             let wrk = WrkSummary {
                 requests: 100,
                 connect: 1,
                 read: 2,
                 write: 3,
-                status,
+                status: failed,
                 timeout,
+                late,
+                failed,
                 stalled: 1,
             };
             let o = NginxOutcome::new(&a, Some(1), wrk);
             assert_eq!(o.reset + o.refused + o.timeout + o.other, o.lost, "{wrk:?}");
             assert_eq!(o.served + o.lost, o.attempted, "{wrk:?}");
+            assert_eq!(o.served, 100 - late - failed, "{wrk:?}");
         }
     }
 
     #[test]
     fn hooks_watch_every_thread() {
         let l = report_lua(7);
-        assert!(l.contains("> 7 then"), "{l}");
-        assert!(l.contains("\"stalled\":%d"), "{l}");
+        assert_eq!(l.matches("> 7 then").count(), 2, "{l}");
+        for key in ["late", "failed", "stalled"] {
+            assert!(l.contains(&format!("\"{key}\":%d")), "{l}");
+        }
+        assert!(l.contains("return wrk.format()"), "{l}");
     }
 
     #[test]
