@@ -134,16 +134,22 @@ fn storm_main(args: &RunArgs, expect: Option<report::Expect>) -> ExitCode {
     match expect {
         None if outcome.errors.is_empty() => ExitCode::SUCCESS,
         None => ExitCode::FAILURE,
-        Some(x) => match outcome.verdict(x) {
-            Ok(msg) => {
-                println!("storm check: PASS: {msg}");
-                ExitCode::SUCCESS
-            }
-            Err(msg) => {
-                eprintln!("storm check: FAIL: {msg}");
-                ExitCode::FAILURE
-            }
-        },
+        Some(x) => print_verdict("storm check", outcome.verdict(x)),
+    }
+}
+
+/// The last line of a checked run, in the form run-in-vm's TAP lines quote:
+/// `WHAT: PASS: ...` on stdout or `WHAT: FAIL: ...` on stderr.
+fn print_verdict(what: &str, verdict: Result<String, String>) -> ExitCode {
+    match verdict {
+        Ok(msg) => {
+            println!("{what}: PASS: {msg}");
+            ExitCode::SUCCESS
+        }
+        Err(msg) => {
+            eprintln!("{what}: FAIL: {msg}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -206,15 +212,6 @@ fn nginx_main(a: &nginx::NginxArgs) -> ExitCode {
     }
     match a.expect() {
         None => ExitCode::SUCCESS,
-        Some(x) => match o.verdict(x, a.restarts) {
-            Ok(msg) => {
-                println!("storm nginx check: PASS: {msg}");
-                ExitCode::SUCCESS
-            }
-            Err(msg) => {
-                eprintln!("storm nginx check: FAIL: {msg}");
-                ExitCode::FAILURE
-            }
-        },
+        Some(x) => print_verdict("storm nginx check", o.verdict(x, a.restarts)),
     }
 }

@@ -38,6 +38,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use crate::report::Expect;
+use crate::summary::Row;
 use crate::{netns, Family, SysctlMode};
 
 /// How the running nginx is stopped.
@@ -301,28 +302,16 @@ pub fn nginx_conf(a: &NginxArgs, dir: &Path) -> String {
 /// Everything one run measured.
 #[derive(Debug, Serialize)]
 pub struct NginxOutcome {
-    pub label: Option<String>,
-    pub uname: String,
-    pub family: u8,
-    pub sysctl: String,
+    /// What `storm summary` reads, as `storm run --json` writes it.
+    #[serde(flatten)]
+    pub row: Row,
     pub tcp_migrate_req: Option<u32>,
     pub park_grace_ms: u64,
-    pub pattern: String,
     pub nginx_workers: u32,
     pub wrk_connections: u32,
     pub duration_s: u64,
     pub gap_ms: u64,
     pub restart_every_ms: u64,
-    /// The fields `storm summary` reads, as `storm run --json` has them.
-    pub attempted: u64,
-    pub served: u64,
-    pub reset: u64,
-    pub refused: u64,
-    pub timeout: u64,
-    pub other: u64,
-    pub lost: u64,
-    pub restarts: u64,
-    pub migrate_req_success: Option<u64>,
     pub migrate_req_failure: Option<u64>,
     pub parked: Option<u64>,
     pub adopted: Option<u64>,
@@ -339,29 +328,31 @@ pub struct NginxOutcome {
 impl NginxOutcome {
     fn new(a: &NginxArgs, migrate_req: Option<u32>, wrk: WrkSummary) -> NginxOutcome {
         NginxOutcome {
-            label: a.label.clone(),
-            uname: nix::sys::utsname::uname()
-                .map(|u| u.release().to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            family: a.family.as_num(),
-            sysctl: a.sysctl.as_str().into(),
+            row: Row {
+                label: a.label.clone(),
+                uname: nix::sys::utsname::uname()
+                    .map(|u| u.release().to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                family: a.family.as_num(),
+                sysctl: a.sysctl.as_str().into(),
+                pattern: a.stop_by.pattern().into(),
+                attempted: wrk.attempted(),
+                served: wrk.served(),
+                reset: wrk.read,
+                refused: wrk.connect + wrk.write,
+                timeout: wrk.late + wrk.stalled,
+                other: wrk.failed,
+                lost: wrk.lost(),
+                restarts: 0,
+                migrate_req_success: None,
+            },
             tcp_migrate_req: migrate_req,
             park_grace_ms: a.park_grace_ms,
-            pattern: a.stop_by.pattern().into(),
             nginx_workers: a.workers,
             wrk_connections: a.connections,
             duration_s: a.duration_s,
             gap_ms: a.gap_ms,
             restart_every_ms: a.restart_every_ms,
-            attempted: wrk.attempted(),
-            served: wrk.served(),
-            reset: wrk.read,
-            refused: wrk.connect + wrk.write,
-            timeout: wrk.late + wrk.stalled,
-            other: wrk.failed,
-            lost: wrk.lost(),
-            restarts: 0,
-            migrate_req_success: None,
             migrate_req_failure: None,
             parked: None,
             adopted: None,
@@ -380,20 +371,20 @@ impl NginxOutcome {
             "nginx {} ipv{} tcp_migrate_req={} grace={}ms gap={}ms: attempted={} served={} \
              lost={} (reset={} refused={} late/stalled={} status={}) restarts={} migrated={} \
              parked={} adopted={} expired={} exits={:?}ms starts={:?}ms load={}ms",
-            self.pattern,
-            self.family,
-            self.sysctl,
+            self.row.pattern,
+            self.row.family,
+            self.row.sysctl,
             self.park_grace_ms,
             self.gap_ms,
-            self.attempted,
-            self.served,
-            self.lost,
-            self.reset,
-            self.refused,
-            self.timeout,
-            self.other,
-            self.restarts,
-            opt(self.migrate_req_success),
+            self.row.attempted,
+            self.row.served,
+            self.row.lost,
+            self.row.reset,
+            self.row.refused,
+            self.row.timeout,
+            self.row.other,
+            self.row.restarts,
+            opt(self.row.migrate_req_success),
             opt(self.parked),
             opt(self.adopted),
             opt(self.park_expired),
@@ -406,13 +397,13 @@ impl NginxOutcome {
     /// Ok(message) if the outcome is what `expect` asks for.
     pub fn verdict(&self, expect: Expect, restarts: u64) -> Result<String, String> {
         let mut why = Vec::new();
-        if self.restarts != restarts {
-            why.push(format!("{} of {restarts} restarts done", self.restarts));
+        if self.row.restarts != restarts {
+            why.push(format!("{} of {restarts} restarts done", self.row.restarts));
         }
         match expect {
-            Expect::Lossless if self.lost > 0 => why.push(format!("{} lost", self.lost)),
-            Expect::Lossless if self.served == 0 => why.push("nothing served".into()),
-            Expect::Loss if self.lost == 0 => why.push("nothing lost".into()),
+            Expect::Lossless if self.row.lost > 0 => why.push(format!("{} lost", self.row.lost)),
+            Expect::Lossless if self.row.served == 0 => why.push("nothing served".into()),
+            Expect::Loss if self.row.lost == 0 => why.push("nothing lost".into()),
             _ => {}
         }
         let what = match expect {
@@ -421,7 +412,7 @@ impl NginxOutcome {
         };
         let counts = format!(
             "attempted={} served={} lost={}",
-            self.attempted, self.served, self.lost
+            self.row.attempted, self.row.served, self.row.lost
         );
         if why.is_empty() {
             Ok(format!("{what}: {counts}"))
@@ -729,11 +720,11 @@ pub fn run(a: &NginxArgs, migrate_req: Option<u32>) -> Result<NginxOutcome> {
     }
 
     let mut o = NginxOutcome::new(a, migrate_req, WrkSummary::parse(&out)?);
-    o.restarts = restarts;
+    o.row.restarts = restarts;
     o.exit_ms = exit_ms;
     o.start_ms = start_ms;
     o.load_ms = load_ms;
-    o.migrate_req_success = moved(&before, "TCPMigrateReqSuccess");
+    o.row.migrate_req_success = moved(&before, "TCPMigrateReqSuccess");
     o.migrate_req_failure = moved(&before, "TCPMigrateReqFailure");
     o.parked = moved(&before, "TCPMigrateReqParked");
     o.adopted = moved(&before, "TCPMigrateReqAdopted");
@@ -789,9 +780,10 @@ mod tests {
                 stalled: 1,
             };
             let o = NginxOutcome::new(&a, Some(1), wrk);
-            assert_eq!(o.reset + o.refused + o.timeout + o.other, o.lost, "{wrk:?}");
-            assert_eq!(o.served + o.lost, o.attempted, "{wrk:?}");
-            assert_eq!(o.served, 100 - late - failed, "{wrk:?}");
+            let r = &o.row;
+            assert_eq!(r.reset + r.refused + r.timeout + r.other, r.lost, "{wrk:?}");
+            assert_eq!(r.served + r.lost, r.attempted, "{wrk:?}");
+            assert_eq!(r.served, 100 - late - failed, "{wrk:?}");
         }
     }
 
@@ -818,6 +810,40 @@ mod tests {
         assert!(c.contains("keepalive_timeout 0;"));
     }
 
+    /// `storm summary` reads an nginx result as it reads a storm's.
+    #[test]
+    fn json_reads_back_as_a_row() {
+        let a = Cli::parse_from(["x", "--family", "6", "--label", "L"]).a;
+        let wrk = WrkSummary {
+            requests: 10,
+            write: 2,
+            late: 1,
+            ..Default::default()
+        };
+        let mut o = NginxOutcome::new(&a, Some(1), wrk);
+        o.row.restarts = 2;
+        let f = std::env::temp_dir().join(format!("nginx-row-{}.json", std::process::id()));
+        o.write_json(&f).unwrap();
+        let r = Row::read(&f).unwrap();
+        let text = fs::read_to_string(&f).unwrap();
+        fs::remove_file(&f).unwrap();
+        assert_eq!(r.label.as_deref(), Some("L"));
+        assert_eq!(
+            (
+                r.family,
+                r.attempted,
+                r.served,
+                r.lost,
+                r.refused,
+                r.timeout,
+                r.restarts
+            ),
+            (6, 12, 9, 3, 2, 1, 2)
+        );
+        // Flattened: the row's fields sit at the top, not under "row".
+        assert!(!text.contains("\"row\""), "{text}");
+    }
+
     #[test]
     fn lossless_needs_every_restart() {
         let a = Cli::parse_from(["x", "--restarts", "2"]).a;
@@ -826,9 +852,9 @@ mod tests {
             ..Default::default()
         };
         let mut o = NginxOutcome::new(&a, Some(1), wrk);
-        o.restarts = 1;
+        o.row.restarts = 1;
         assert!(o.verdict(Expect::Lossless, 2).is_err());
-        o.restarts = 2;
+        o.row.restarts = 2;
         assert!(o.verdict(Expect::Lossless, 2).is_ok());
         assert!(o.verdict(Expect::Loss, 2).is_err());
     }

@@ -8,6 +8,7 @@ use anyhow::{ensure, Context, Result};
 use serde::Serialize;
 
 use crate::client::Tally;
+use crate::summary::Row;
 use crate::RunArgs;
 
 /// What `storm check` expects.
@@ -60,15 +61,12 @@ pub struct Outcome {
 
 #[derive(Serialize)]
 struct Json<'a> {
-    label: Option<&'a str>,
-    uname: String,
-    family: u8,
-    sysctl: &'a str,
+    #[serde(flatten)]
+    row: Row,
     tcp_migrate_req: Option<u32>,
     workers: u32,
     clients: u32,
     order: &'a str,
-    pattern: &'a str,
     gap_ms: u64,
     park_grace_ms: u64,
     hold_ms: u64,
@@ -82,16 +80,7 @@ struct Json<'a> {
     restart_every_ms: u64,
     work_ms: u64,
     timeout_ms: u64,
-    attempted: u64,
-    served: u64,
-    reset: u64,
-    refused: u64,
-    timeout: u64,
-    other: u64,
-    lost: u64,
-    restarts: u64,
     restart_failures: u64,
-    migrate_req_success: Option<u64>,
     migrate_req_failure: Option<u64>,
     listen_overflows: Option<u64>,
     listen_drops: Option<u64>,
@@ -187,17 +176,28 @@ impl Outcome {
         let a = &self.args;
         let t = &self.tally;
         let j = Json {
-            label: a.label.as_deref(),
-            uname: nix::sys::utsname::uname()
-                .map(|u| u.release().to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            family: a.family.as_num(),
-            sysctl: a.sysctl.as_str(),
+            row: Row {
+                label: a.label.clone(),
+                uname: nix::sys::utsname::uname()
+                    .map(|u| u.release().to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                family: a.family.as_num(),
+                sysctl: a.sysctl.as_str().into(),
+                pattern: a.pattern.as_str().into(),
+                attempted: t.attempted,
+                served: t.served,
+                reset: t.reset,
+                refused: t.refused,
+                timeout: t.timeout,
+                other: t.other,
+                lost: self.lost(),
+                restarts: self.restarts,
+                migrate_req_success: self.migrate_success,
+            },
             tcp_migrate_req: self.migrate_req,
             workers: a.workers,
             clients: a.clients,
             order: a.order.as_str(),
-            pattern: a.pattern.as_str(),
             gap_ms: a.gap_ms,
             park_grace_ms: a.park_grace_ms,
             hold_ms: a.hold_ms,
@@ -211,16 +211,7 @@ impl Outcome {
             restart_every_ms: a.restart_every_ms,
             work_ms: a.work_ms,
             timeout_ms: a.timeout_ms,
-            attempted: t.attempted,
-            served: t.served,
-            reset: t.reset,
-            refused: t.refused,
-            timeout: t.timeout,
-            other: t.other,
-            lost: self.lost(),
-            restarts: self.restarts,
             restart_failures: self.restart_failures,
-            migrate_req_success: self.migrate_success,
             migrate_req_failure: self.migrate_failure,
             listen_overflows: self.listen_overflows,
             listen_drops: self.listen_drops,

@@ -7,10 +7,12 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-/// The fields of a `--json` result that the table shows.
-#[derive(Debug, Deserialize)]
+/// The fields of a `--json` result that the table shows: what every
+/// storm's JSON has, flattened into it, so that the writers and this
+/// reader share one definition.
+#[derive(Debug, Deserialize, Serialize)]
 pub struct Row {
     #[serde(default)]
     pub label: Option<String>,
