@@ -95,6 +95,12 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("syncookie_nomem_at_close", |f, k| {
         scenarios::nomem_at_close(f, k, scenarios::Alloc::CookieClone)
     }),
+    ("nomem_clone_at_final_ack", |f, k| {
+        scenarios::nomem_in_flight(f, k, scenarios::Trigger::Ack)
+    }),
+    ("nomem_clone_in_synack_timer", |f, k| {
+        scenarios::nomem_in_flight(f, k, scenarios::Trigger::Timer)
+    }),
     (
         "target_closed_during_ack",
         scenarios::target_closed_during_ack,

@@ -213,7 +213,7 @@ impl WrkSummary {
     /// Responses in time with a success status: each response is late,
     /// failed or served, never two of them.
     pub fn served(&self) -> u64 {
-        self.requests - self.late - self.failed
+        self.requests.saturating_sub(self.late + self.failed)
     }
 
     /// Requests without a timely successful response.

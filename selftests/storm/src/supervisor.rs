@@ -193,6 +193,26 @@ impl Drop for Proc {
     }
 }
 
+/// The scheduler state and wait channel of process `pid`, from /proc.
+fn proc_state(pid: u32) -> String {
+    let read = |f: &str| std::fs::read_to_string(format!("/proc/{pid}/{f}")).unwrap_or_default();
+    // The state follows the command name in parentheses, which may hold
+    // spaces.
+    let stat = read("stat");
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next())
+        .unwrap_or("?")
+        .to_string();
+    let wchan = read("wchan");
+    let wchan = if wchan.trim().is_empty() {
+        "?"
+    } else {
+        wchan.trim()
+    };
+    format!("state {state}, wchan {wchan}")
+}
+
 fn readable(out: &ChildStdout, wait: Duration) -> bool {
     let mut fds = [PollFd::new(out.as_fd(), PollFlags::POLLIN)];
     let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
@@ -266,9 +286,12 @@ impl<'a> Pool<'a> {
                 "closed its stdout but did not exit: killed".into()
             }
             _ => {
+                // Where it waits, for whoever diagnoses it: a hang sleeps
+                // in one place, a starved start is runnable.
+                let seen = proc_state(p.child.id());
                 p.kill();
                 format!(
-                    "still starting after {} ms: killed",
+                    "still starting after {} ms ({seen}): killed",
                     self.a.ready_timeout_ms
                 )
             }

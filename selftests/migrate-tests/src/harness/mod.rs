@@ -136,6 +136,12 @@ impl Checks {
         }
     }
 
+    pub fn le<T: PartialOrd + Display>(&mut self, what: &str, got: T, max: T) {
+        if got > max {
+            self.bad.push(format!("{what}: got {got}, want <= {max}"));
+        }
+    }
+
     /// `TCPMigrateReqSuccess` and `TCPMigrateReqFailure` grew by exactly
     /// `ok` and `fail` from `start` to `now`; `when` ends both labels.
     pub fn migrations(

@@ -68,6 +68,7 @@ impl std::fmt::Display for ParkEvent {
         )
     }
 }
+
 /// The `tcp:tcp_reuseport_migrate` tracepoint, and `tcp_reuseport_park`
 /// where the kernel has it, enabled through tracefs and filtered on one
 /// listening port. The trace buffer is global, which is fine: the suite

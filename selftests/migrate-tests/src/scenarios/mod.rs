@@ -37,7 +37,7 @@ pub use load_aware::{stalled_target_children, stalled_target_reqsk_ack};
 pub use lost::{
     bpf_to_full_target, disabled_after_close, expired_in_migration, lost_children, Lost,
 };
-pub use nomem::{nomem_at_close, Alloc};
+pub use nomem::{nomem_at_close, nomem_in_flight, Alloc};
 pub use park_races::{park_expiry_vs_join, park_joiner_closes_in_adoption, park_netns_exit};
 pub use queued_children::{incoming_cpu_children, queued_children};
 pub use stop_start::{

@@ -10,18 +10,33 @@
 //! The syncookie case makes the children from cookies: their requests have
 //! no rsk_listener, which the failure count must not read.
 //!
+//! Requests still in the handshake move later, in softirq context: at
+//! their final ACK (inet_csk_complete_hashdance()) or when their SYN+ACK
+//! timer fires (reqsk_timer_handler()). A task filter cannot reach those,
+//! so the failure is confined by the stack (some frame in that function)
+//! and by the cache (request sockets only) instead.
+//!
 //! Only the debug flavour has the fault-injection controls; elsewhere the
 //! tests skip.
 
 use anyhow::Result;
 
-use super::common::{connect_greet, steered_group, u};
-use crate::bpf::{Migrate, Stat};
+use super::common::{connect_greet, steered_group, u, SYNACK_RTX_TIMEOUT};
+use super::in_flight::Trigger;
+use crate::bpf::{HoldAck, Migrate, Stat};
 use crate::faults::{available, FailThisThread, Injection, Injector, Kallsyms, Plan};
 use crate::harness::{
-    count_on, exchange, note, set_migrate_req, set_sysctl, start_trace, Checks, Family, Group,
-    Kernel, Reason, Skip, Stop, TcpExt,
+    count_on, event_timeout, exchange, note, scaled, set_migrate_req, set_sysctl, start_trace,
+    wait_until, Checks, Client, Family, Group, Kernel, Reason, Skip, Stop, TcpExt, MIGRATE_FAIL,
+    MIGRATE_OK, SYNACK_RETRANS,
 };
+
+/// The request socket caches of both families.
+const REQUEST_CACHES: &[&str] = &["request_sock_TCP", "request_sock_TCPv6"];
+
+fn no_failslab() -> anyhow::Error {
+    Skip("kernel without failslab (the debug flavour has it)".into()).into()
+}
 
 /// What runs out of memory.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -37,7 +52,7 @@ pub enum Alloc {
 pub fn nomem_at_close(fam: Family, kernel: Kernel, what: Alloc) -> Result<()> {
     const N: usize = 2;
     if !available(Injector::Slab) {
-        return Err(Skip("kernel without failslab (the debug flavour has it)".into()).into());
+        return Err(no_failslab());
     }
     let within = Kallsyms::read()?.span(&["inet_csk_listen_stop"])?;
     set_migrate_req(true)?;
@@ -72,11 +87,11 @@ pub fn nomem_at_close(fam: Family, kernel: Kernel, what: Alloc) -> Result<()> {
         except: (0, 0),
         caches: match what {
             Alloc::BpfSkb => &["skbuff_head_cache"],
-            _ => &["request_sock_TCP", "request_sock_TCPv6"],
+            _ => REQUEST_CACHES,
         },
     };
     let Some(inj) = Injection::start(Injector::Slab, &plan)? else {
-        return Err(Skip("kernel without failslab (the debug flavour has it)".into()).into());
+        return Err(no_failslab());
     };
     let trace = start_trace(kernel, g.port)?;
     let start = TcpExt::read()?;
@@ -115,5 +130,105 @@ pub fn nomem_at_close(fam: Family, kernel: Kernel, what: Alloc) -> Result<()> {
         );
     }
     note("one allocation failed: one child reset as NoMem, the other moved");
+    ck.finish()
+}
+
+/// Two requests of L0 wait for their final ACK (held back) when L0 closes;
+/// L1 listens. The first clone of a request on the path `trigger` names
+/// fails, once, whatever task the softirq runs in: that request is lost
+/// as NoMem (its client reset), the other one moves to L1 and is served.
+pub fn nomem_in_flight(fam: Family, kernel: Kernel, trigger: Trigger) -> Result<()> {
+    const N: usize = 2;
+    if !available(Injector::Slab) {
+        return Err(no_failslab());
+    }
+    let func = match trigger {
+        Trigger::Ack => "inet_csk_complete_hashdance",
+        Trigger::Timer => "reqsk_timer_handler",
+    };
+    let within = Kallsyms::read()?.span(&[func])?;
+    set_migrate_req(true)?;
+    let mut ck = Checks::new();
+    // Armed first: only a migration clones a request in those functions,
+    // and the fewer steps between the connects and the close, the surer
+    // the ACK case is that no SYN+ACK timer fires first.
+    let plan = Plan {
+        probability: 100,
+        times: 1,
+        task_only: false,
+        within,
+        except: (0, 0),
+        caches: REQUEST_CACHES,
+    };
+    let Some(inj) = Injection::start(Injector::Slab, &plan)? else {
+        return Err(no_failslab());
+    };
+    let mut g = Group::bind(fam, 2)?;
+    g.listen(0)?;
+    let hold = HoldAck::attach(g.port)?;
+    let mut clients = (0..N)
+        .map(|id| Client::connect(fam, g.addr(), id))
+        .collect::<Result<Vec<_>>>()?;
+    wait_until(event_timeout(), || Ok(hold.dropped()? >= u(N)))?;
+    ck.eq("final ACKs held back", hold.dropped()?, u(N));
+    g.listen(1)?;
+    ck.gate("handshakes held")?;
+
+    let trace = start_trace(kernel, g.port)?;
+    let start = TcpExt::read()?;
+    g.stop(0, Stop::Close)?;
+    ck.eq(
+        "allocations failed before the migrations",
+        inj.injected()?,
+        0,
+    );
+    let attempts = || -> Result<u64> {
+        let t = TcpExt::read()?;
+        Ok(t.since(&start, MIGRATE_OK)? + t.since(&start, MIGRATE_FAIL)?)
+    };
+    if trigger == Trigger::Timer {
+        // Both timers move (or fail to move) their request while the
+        // ACKs, and the ACKs of the SYN+ACKs they retransmit, are held.
+        wait_until(scaled(SYNACK_RTX_TIMEOUT), || Ok(attempts()? >= u(N)))?;
+        ck.eq("migrations tried by the timers", attempts()?, u(N));
+    }
+    hold.release()?;
+    for c in &mut clients {
+        c.send_hello()?;
+    }
+    wait_until(event_timeout(), || Ok(attempts()? >= u(N)))?;
+    let injected = inj.injected()?;
+    drop(inj);
+    ck.eq("allocations failed", injected, 1);
+    if trigger == Trigger::Ack {
+        // Else a timer, not the ACK, moved the requests.
+        ck.eq(
+            "TCPSynRetrans (ACK path only)",
+            TcpExt::read()?.since(&start, SYNACK_RETRANS)?,
+            0,
+        );
+    }
+    let now = ck.reasons(
+        kernel,
+        &start,
+        trace.as_ref(),
+        "request",
+        &[(Reason::NoMem, 1)],
+    )?;
+    ck.migrations("", &start, &now, 1, 1)?;
+    ck.gate("migration")?;
+
+    let acc = g.accept_all(1)?;
+    ck.eq("accepted from L1", count_on(&acc, 1), 1);
+    let ex = exchange(&clients, &acc)?;
+    ex.check_served(&mut ck, 1);
+    ck.eq(
+        "the client of the failed migration",
+        ex.orphans.to_string(),
+        "data=0 reset=1 eof=0 silent=0 error=0".to_string(),
+    );
+    note(&format!(
+        "one request clone failed in {func}: one client reset as NoMem, the other moved"
+    ));
     ck.finish()
 }

@@ -152,24 +152,28 @@ pub fn stop_start(fam: Family, kernel: Kernel, gap_ms: u64) -> Result<()> {
             ck.migrations("", &start, &now, u(all), 0)?;
             // The adoption runs while the in-flight hellos arrive, so
             // those may still be requests or already children: only the
-            // sum is fixed.
-            let mut ev = trace.as_ref().context("no trace")?.park_events()?;
-            let (adopted, held) = ev.get(1).map_or((String::new(), 0), |e| {
-                (e.to_string(), e.queued + e.requests)
-            });
-            ev.iter_mut()
-                .skip(1)
-                .for_each(|e| (e.queued, e.requests) = (0, 0));
+            // sum is fixed. The event reads the two counts without the
+            // listener's locks, and a final ACK being processed at that
+            // instant has left the request count but not yet joined the
+            // queue: one connection may be missing from the sum. That
+            // every connection was adopted is what the migration
+            // counters above assert exactly.
+            let ev = trace.as_ref().context("no trace")?.park_events()?;
+            let names: Vec<&str> = ev.iter().map(|e| e.event.as_str()).collect();
             ck.eq(
-                "park events (adoption's counts aside)",
-                park_text(&ev),
-                format!("{}, adopted queued=0 requests=0", parked_event()),
+                "park events",
+                names.join(", "),
+                "parked, adopted".to_string(),
             );
             ck.eq(
-                "held at the adoption, queued+requests",
-                u64::from(held),
-                u(all),
+                "the park",
+                ev.first().map(ToString::to_string).unwrap_or_default(),
+                parked_event(),
             );
+            let adopted = ev.get(1).map(ToString::to_string).unwrap_or_default();
+            let held = ev.get(1).map_or(0, |e| u64::from(e.queued + e.requests));
+            ck.ge("held at the adoption, queued+requests", held, u(all) - 1);
+            ck.le("held at the adoption, queued+requests", held, u(all));
             note(&format!(
                 "{all} of {all} served across a {}ms gap ({adopted})",
                 started_after.as_millis()
