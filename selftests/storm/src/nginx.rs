@@ -330,9 +330,7 @@ impl NginxOutcome {
         NginxOutcome {
             row: Row {
                 label: a.label.clone(),
-                uname: nix::sys::utsname::uname()
-                    .map(|u| u.release().to_string_lossy().into_owned())
-                    .unwrap_or_default(),
+                uname: Row::running_kernel(),
                 family: a.family.as_num(),
                 sysctl: a.sysctl.as_str().into(),
                 pattern: a.stop_by.pattern().into(),

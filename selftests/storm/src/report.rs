@@ -178,9 +178,7 @@ impl Outcome {
         let j = Json {
             row: Row {
                 label: a.label.clone(),
-                uname: nix::sys::utsname::uname()
-                    .map(|u| u.release().to_string_lossy().into_owned())
-                    .unwrap_or_default(),
+                uname: Row::running_kernel(),
                 family: a.family.as_num(),
                 sysctl: a.sysctl.as_str().into(),
                 pattern: a.pattern.as_str().into(),

@@ -34,6 +34,13 @@ pub struct Row {
 }
 
 impl Row {
+    /// The release of the running kernel, for `uname`.
+    pub fn running_kernel() -> String {
+        nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
     pub fn read(path: &Path) -> Result<Row> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;

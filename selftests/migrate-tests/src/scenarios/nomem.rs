@@ -27,9 +27,36 @@ use crate::bpf::{HoldAck, Migrate, Stat};
 use crate::faults::{available, FailThisThread, Injection, Injector, Kallsyms, Plan};
 use crate::harness::{
     count_on, event_timeout, exchange, note, scaled, set_migrate_req, set_sysctl, start_trace,
-    wait_until, Checks, Client, Family, Group, Kernel, Reason, Skip, Stop, TcpExt, MIGRATE_FAIL,
-    MIGRATE_OK, SYNACK_RETRANS,
+    wait_until, Checks, Client, Family, Group, Kernel, Reason, Skip, Stop, TcpExt, Trace,
+    MIGRATE_FAIL, MIGRATE_OK, SYNACK_RETRANS,
 };
+
+/// What one failed allocation leaves of two connections: since `start`,
+/// one migration of `kind` failed as NoMem (counted and traced) and one
+/// succeeded; L1 serves one client, and the other was reset.
+fn one_lost_one_moved(
+    ck: &mut Checks,
+    kernel: Kernel,
+    g: &Group,
+    clients: &[Client],
+    start: &TcpExt,
+    trace: Option<&Trace>,
+    kind: &str,
+) -> Result<()> {
+    let now = ck.reasons(kernel, start, trace, kind, &[(Reason::NoMem, 1)])?;
+    ck.migrations("", start, &now, 1, 1)?;
+    ck.gate("migration")?;
+    let acc = g.accept_all(1)?;
+    ck.eq("accepted from L1", count_on(&acc, 1), 1);
+    let ex = exchange(clients, &acc)?;
+    ex.check_served(ck, 1);
+    ck.eq(
+        "the client of the failed migration",
+        ex.orphans.to_string(),
+        "data=0 reset=1 eof=0 silent=0 error=0".to_string(),
+    );
+    Ok(())
+}
 
 /// The request socket caches of both families.
 const REQUEST_CACHES: &[&str] = &["request_sock_TCP", "request_sock_TCPv6"];
@@ -103,25 +130,15 @@ pub fn nomem_at_close(fam: Family, kernel: Kernel, what: Alloc) -> Result<()> {
     drop(inj);
     ck.eq("allocations failed", injected, 1);
     ck.eq("L1 queue after close", g.queued(1)?, 1);
-    let now = ck.reasons(
+    one_lost_one_moved(
+        &mut ck,
         kernel,
+        &g,
+        &clients,
         &start,
         trace.as_ref(),
         "child",
-        &[(Reason::NoMem, 1)],
     )?;
-    ck.migrations("", &start, &now, 1, 1)?;
-    ck.gate("migration")?;
-
-    let acc = g.accept_all(1)?;
-    ck.eq("accepted from L1", count_on(&acc, 1), 1);
-    let ex = exchange(&clients, &acc)?;
-    ex.check_served(&mut ck, 1);
-    ck.eq(
-        "the client of the failed migration",
-        ex.orphans.to_string(),
-        "data=0 reset=1 eof=0 silent=0 error=0".to_string(),
-    );
     if let Some(s) = &steer {
         ck.eq(
             "migrations the program ran for",
@@ -208,25 +225,15 @@ pub fn nomem_in_flight(fam: Family, kernel: Kernel, trigger: Trigger) -> Result<
             0,
         );
     }
-    let now = ck.reasons(
+    one_lost_one_moved(
+        &mut ck,
         kernel,
+        &g,
+        &clients,
         &start,
         trace.as_ref(),
         "request",
-        &[(Reason::NoMem, 1)],
     )?;
-    ck.migrations("", &start, &now, 1, 1)?;
-    ck.gate("migration")?;
-
-    let acc = g.accept_all(1)?;
-    ck.eq("accepted from L1", count_on(&acc, 1), 1);
-    let ex = exchange(&clients, &acc)?;
-    ex.check_served(&mut ck, 1);
-    ck.eq(
-        "the client of the failed migration",
-        ex.orphans.to_string(),
-        "data=0 reset=1 eof=0 silent=0 error=0".to_string(),
-    );
     note(&format!(
         "one request clone failed in {func}: one client reset as NoMem, the other moved"
     ));
