@@ -26,9 +26,9 @@ use super::in_flight::Trigger;
 use crate::bpf::{HoldAck, Migrate, Stat};
 use crate::faults::{available, FailThisThread, Injection, Injector, Kallsyms, Plan};
 use crate::harness::{
-    count_on, event_timeout, exchange, note, scaled, set_migrate_req, set_sysctl, start_trace,
-    wait_until, Checks, Client, Family, Group, Kernel, Reason, Skip, Stop, TcpExt, Trace,
-    MIGRATE_FAIL, MIGRATE_OK, SYNACK_RETRANS,
+    count_on, event_timeout, exchange, note, pin_to_cpu, scaled, set_migrate_req, set_sysctl,
+    start_trace, wait_until, Checks, Client, Family, Group, Kernel, Reason, Skip, Stop, TcpExt,
+    Trace, MIGRATE_FAIL, MIGRATE_OK, SYNACK_RETRANS,
 };
 
 /// What one failed allocation leaves of two connections: since `start`,
@@ -183,6 +183,14 @@ pub fn nomem_in_flight(fam: Family, kernel: Kernel, trigger: Trigger) -> Result<
     let mut g = Group::bind(fam, 2)?;
     g.listen(0)?;
     let hold = HoldAck::attach(g.port)?;
+    // tracefs waits for RCU when it sets the filters: before the connects,
+    // not inside the 1 s that the ACK case has before the SYN+ACK timer.
+    let trace = start_trace(kernel, g.port)?;
+    let start = TcpExt::read()?;
+    // One CPU for every handshake, so the two timers fire one after the
+    // other: failslab's "times" is checked and then decremented, and two
+    // CPUs at once could both fail.
+    pin_to_cpu(0)?;
     let mut clients = (0..N)
         .map(|id| Client::connect(fam, g.addr(), id))
         .collect::<Result<Vec<_>>>()?;
@@ -191,8 +199,6 @@ pub fn nomem_in_flight(fam: Family, kernel: Kernel, trigger: Trigger) -> Result<
     g.listen(1)?;
     ck.gate("handshakes held")?;
 
-    let trace = start_trace(kernel, g.port)?;
-    let start = TcpExt::read()?;
     g.stop(0, Stop::Close)?;
     ck.eq(
         "allocations failed before the migrations",
