@@ -116,25 +116,25 @@ impl Trace {
         fs::read_to_string(&path).with_context(|| format!("read {path}"))
     }
 
+    /// The lines of `event` (its name) on this trace's port in `text`.
+    fn lines_of<'a>(&self, text: &'a str, event: &str) -> impl Iterator<Item = &'a str> {
+        let name = format!("{event}:");
+        let port = format!("sport={}", self.port);
+        text.lines()
+            .filter(move |l| l.contains(&name) && l.split_whitespace().any(|w| w == port))
+    }
+
     /// The `tcp_reuseport_park` events recorded so far, in order. An error
     /// on a kernel without that tracepoint.
     pub fn park_events(&self) -> Result<Vec<ParkEvent>> {
         if !self.park {
             bail!("kernel has no tracepoint tcp:tcp_reuseport_park ({TRACEFS}/{PARK_EVENT})");
         }
-        let port = format!("sport={}", self.port);
+        let text = self.read_trace()?;
         let mut out = Vec::new();
-        for line in self
-            .read_trace()?
-            .lines()
-            .filter(|l| l.contains("tcp_reuseport_park:"))
-            .filter(|l| l.split_whitespace().any(|w| w == port))
-        {
-            let field = |key: &str| {
-                line.split_whitespace()
-                    .find_map(|w| w.strip_prefix(key))
-                    .with_context(|| format!("no {key} in {line:?}"))
-            };
+        for line in self.lines_of(&text, "tcp_reuseport_park") {
+            let field =
+                |key: &str| field(line, key).with_context(|| format!("no {key} in {line:?}"));
             let num = |key: &str| -> Result<u32> {
                 field(key)?
                     .parse()
@@ -158,25 +158,18 @@ impl Trace {
     pub fn counts(&self) -> Result<HashMap<String, u64>> {
         let text = self.read_trace()?;
         let mut out = HashMap::new();
-        let port = format!("sport={}", self.port);
-        for line in text
-            .lines()
-            .filter(|l| l.contains("tcp_reuseport_migrate:"))
-        {
-            let field = |key: &str| {
-                line.split_whitespace()
-                    .find_map(|w| w.strip_prefix(key))
-                    .unwrap_or("?")
-                    .to_string()
-            };
-            if !line.split_whitespace().any(|w| w == port) {
-                continue;
-            }
-            let key = format!("{}/{}", field("kind="), field("result="));
-            *out.entry(key).or_insert(0) += 1;
+        for line in self.lines_of(&text, "tcp_reuseport_migrate") {
+            let kind = field(line, "kind=").unwrap_or("?");
+            let result = field(line, "result=").unwrap_or("?");
+            *out.entry(format!("{kind}/{result}")).or_insert(0) += 1;
         }
         Ok(out)
     }
+}
+
+/// The value of the `key=value` word `key` of a trace line.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace().find_map(|w| w.strip_prefix(key))
 }
 
 impl Drop for Trace {
