@@ -97,24 +97,22 @@ static long still_held(__u64 i, void *data)
 	return 0;
 }
 
-/* Holds the caller if the gate is armed for the port of @listener. */
-static int hold_if_armed(void *listener)
+static struct gate *armed_gate(void)
 {
-	__u16 port = 0;
-	struct hold h;
 	__u32 zero = 0;
 	struct gate *g;
-	int i;
 
 	g = bpf_map_lookup_elem(&gate_map, &zero);
 	if (!g || !*(volatile __u32 *)&g->armed)
 		return 0;
-	bpf_probe_read_kernel(&port, sizeof(port), listener + SKC_NUM_OFFSET);
-	if (port != g->port) {
-		g->other_port = port;
-		__sync_fetch_and_add(&g->others, 1);
-		return 0;
-	}
+	return g;
+}
+
+/* Holds the caller at an armed gate @g until released or timed out. */
+static int hold(struct gate *g)
+{
+	struct hold h;
+	int i;
 
 	g->armed = 0;
 	g->held++;
@@ -130,6 +128,23 @@ static int hold_if_armed(void *listener)
 		g->timed_out = 1;
 	g->holding = 0;
 	return 0;
+}
+
+/* Holds the caller if the gate is armed for the port of @listener. */
+static int hold_if_armed(void *listener)
+{
+	struct gate *g = armed_gate();
+	__u16 port = 0;
+
+	if (!g)
+		return 0;
+	bpf_probe_read_kernel(&port, sizeof(port), listener + SKC_NUM_OFFSET);
+	if (port != g->port) {
+		g->other_port = port;
+		__sync_fetch_and_add(&g->others, 1);
+		return 0;
+	}
+	return hold(g);
 }
 
 SEC("kprobe/inet_csk_complete_hashdance")
@@ -273,6 +288,24 @@ int BPF_KRETPROBE(dead_child_done)
 	if (c && *(volatile __u32 *)&c->stage == CHAIN_CLOSE_HELD)
 		c->stage = CHAIN_ACK_DONE;
 	return 0;
+}
+
+/*
+ * park_work_gate, at the entry of tcp_park_work(), the work that ends a
+ * park (adoption, expiry, eviction, cancel) and closes the listener on
+ * system_unbound_wq. Its argument is the work, not the socket, and
+ * where the work sits in the kernel's park structure is not ABI: this
+ * gate holds the next run of the work whatever its port. The test arms
+ * it only while its own park is the only one on the machine.
+ */
+SEC("kprobe/tcp_park_work")
+int BPF_KPROBE(park_work_gate, void *work)
+{
+	struct gate *g = armed_gate();
+
+	if (!g)
+		return 0;
+	return hold(g);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -113,6 +113,10 @@ pub enum GateAt {
     /// The return of reuseport_migrate_sock() with a target: chosen and
     /// referenced, the migrating socket not yet queued on it.
     Migrated,
+    /// The entry of tcp_park_work(), the work that ends a park and closes
+    /// the parked listener: held whatever its port (the work is not a
+    /// socket); arm it only while the test's park is the machine's only.
+    ParkWork,
 }
 
 impl GateAt {
@@ -122,6 +126,7 @@ impl GateAt {
             GateAt::Close => "close_gate",
             GateAt::QueueAdd => "queue_add_gate",
             GateAt::Migrated => "migrate_gate",
+            GateAt::ParkWork => "park_work_gate",
         }
     }
 }

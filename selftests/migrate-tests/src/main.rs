@@ -131,11 +131,44 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("stop_start_strangers", scenarios::stop_start_strangers),
     ("stop_start_owner", scenarios::stop_start_owner),
     ("park_expiry_vs_join", scenarios::park_expiry_vs_join),
-    (
-        "park_joiner_closes_in_adoption",
-        scenarios::park_joiner_closes_in_adoption,
-    ),
+    ("park_joiner_closes_before_adoption", |f, k| {
+        scenarios::park_joiner_closes_before_adoption(f, k, true)
+    }),
+    ("park_joiner_closes_before_adoption_no_l2", |f, k| {
+        scenarios::park_joiner_closes_before_adoption(f, k, false)
+    }),
     ("park_netns_exit", scenarios::park_netns_exit),
+    ("park_destroyed_by_ss_k", scenarios::park_destroyed_by_ss_k),
+    (
+        "park_destroyed_by_bpf_iter",
+        scenarios::park_destroyed_by_bpf_iter,
+    ),
+    ("park_netns_teardown", scenarios::park_netns_teardown),
+    ("park_sysctl_lowered", scenarios::park_sysctl_lowered),
+    ("park_sysctl_zero", scenarios::park_sysctl_zero),
+    ("park_evicted_by_no_reuseport", |f, k| {
+        scenarios::park_evicted(f, k, scenarios::Stranger::NoReuseport)
+    }),
+    ("park_evicted_by_other_uid", |f, k| {
+        scenarios::park_evicted(f, k, scenarios::Stranger::OtherUid)
+    }),
+    ("park_evicted_by_other_addr", |f, k| {
+        scenarios::park_evicted(f, k, scenarios::Stranger::OtherAddr)
+    }),
+    ("park_evicted_by_other_dev", |f, k| {
+        scenarios::park_evicted(f, k, scenarios::Stranger::OtherDev)
+    }),
+    ("park_evicted_by_v6only", |f, k| {
+        scenarios::park_evicted(f, k, scenarios::Stranger::V6only)
+    }),
+    (
+        "park_joiner_bind_evicts_nothing",
+        scenarios::park_joiner_bind_evicts_nothing,
+    ),
+    (
+        "park_ephemeral_bind_skips",
+        scenarios::park_ephemeral_bind_skips,
+    ),
 ];
 
 /// A test with no address family, run once under its own name.
@@ -144,6 +177,8 @@ type Single = fn(Kernel) -> Result<()>;
 const SINGLES: &[(&str, Single)] = &[
     ("sysctl_rejects_unknown", scenarios::sysctl_rejects_unknown),
     ("grace_rejects_unknown", scenarios::grace_rejects_unknown),
+    ("park_bound_per_netns", scenarios::park_bound_per_netns),
+    ("park_many_namespaces", scenarios::park_many_namespaces),
 ];
 
 #[derive(Clone, Copy)]

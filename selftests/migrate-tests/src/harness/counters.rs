@@ -80,6 +80,11 @@ impl TcpExt {
             .ok_or_else(|| anyhow!("kernel has no TcpExt counter {name}"))
     }
 
+    /// The same counters, all 0: what a new namespace started from.
+    pub fn zeroed(&self) -> TcpExt {
+        TcpExt(self.0.keys().map(|k| (k.clone(), 0)).collect())
+    }
+
     /// How much `name` grew since `earlier`.
     pub fn since(&self, earlier: &TcpExt, name: &str) -> Result<u64> {
         Ok(self.get(name)?.wrapping_sub(earlier.get(name)?))

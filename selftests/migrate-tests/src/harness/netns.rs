@@ -151,6 +151,32 @@ impl Drop for TimersStayLocal {
     }
 }
 
+const WQ_CPUMASK: &str = "/sys/devices/virtual/workqueue/cpumask";
+
+/// Work of the unbound workqueues (system_unbound_wq, where a park's end
+/// runs) goes only to CPU `cpu` while this lives; the mask is restored on
+/// drop. A gate holding that work with interrupts off then spins there,
+/// never on the CPU the test goes on from.
+pub struct UnboundWorkOn(String);
+
+impl UnboundWorkOn {
+    pub fn new(cpu: usize) -> Result<Self> {
+        let old =
+            std::fs::read_to_string(WQ_CPUMASK).with_context(|| format!("read {WQ_CPUMASK}"))?;
+        let mask = format!("{:x}", 1u64 << cpu);
+        std::fs::write(WQ_CPUMASK, &mask)
+            .with_context(|| format!("write {mask} to {WQ_CPUMASK}"))?;
+        Ok(UnboundWorkOn(old.trim().to_string()))
+    }
+}
+
+impl Drop for UnboundWorkOn {
+    fn drop(&mut self) {
+        // Best effort: a global setting, put back for the next test.
+        let _ = std::fs::write(WQ_CPUMASK, &self.0);
+    }
+}
+
 /// The network namespace a thread is in, held open so that the thread
 /// can come back to it: a test that enters another namespace for its
 /// setup and then leaves it lets that namespace go once nothing else

@@ -188,6 +188,19 @@ impl Group {
         })
     }
 
+    /// A group of one: `sock`, made and bound by the caller (a socket with
+    /// options of its own: another owner, no SO_REUSEPORT, ...) to `ip`
+    /// and `port`.
+    pub fn of(family: Family, ip: IpAddr, port: u16, sock: Socket) -> Group {
+        Group {
+            family,
+            port,
+            ip,
+            socks: vec![Some(sock)],
+            backlogs: vec![LISTEN_BACKLOG],
+        }
+    }
+
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::new(self.ip, self.port)
     }

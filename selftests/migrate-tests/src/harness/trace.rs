@@ -48,15 +48,24 @@ const TRACE_EVENT: &str = "events/tcp/tcp_reuseport_migrate";
 const PARK_EVENT: &str = "events/tcp/tcp_reuseport_park";
 
 /// One `tcp_reuseport_park` event: what a parked listener held when it
-/// was parked, adopted or expired.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// was parked, and when its park ended and how.
+#[derive(Clone, Debug, PartialEq)]
 pub struct ParkEvent {
-    /// `parked`, `adopted` or `expired`.
+    /// `parked`, or how the park ended: `adopted`, `expired`, `evicted`,
+    /// `destroyed` or `cancelled`.
     pub event: String,
     /// Children in its accept queue.
     pub queued: u32,
     /// Handshakes in flight.
     pub requests: u32,
+    /// The listener's port: a trace may follow several.
+    pub sport: u16,
+    /// The listener's socket cookie, which tells two listeners of one
+    /// port apart.
+    pub cookie: String,
+    /// The trace clock (seconds since boot, the kernel's own), for the
+    /// time between a park and its end without the test's latency.
+    pub at: f64,
 }
 
 impl std::fmt::Display for ParkEvent {
@@ -70,11 +79,11 @@ impl std::fmt::Display for ParkEvent {
 }
 
 /// The `tcp:tcp_reuseport_migrate` tracepoint, and `tcp_reuseport_park`
-/// where the kernel has it, enabled through tracefs and filtered on one
-/// listening port. The trace buffer is global, which is fine: the suite
-/// runs one test at a time.
+/// where the kernel has it, enabled through tracefs and filtered on the
+/// listening ports of the test. The trace buffer is global, which is fine:
+/// the suite runs one test at a time.
 pub struct Trace {
-    port: u16,
+    ports: Vec<u16>,
     park: bool,
 }
 
@@ -82,6 +91,14 @@ impl Trace {
     /// Clears the trace buffer and starts recording migrations of sockets
     /// leaving listeners on `port`.
     pub fn start(port: u16) -> Result<Trace> {
+        Self::start_ports(&[port])
+    }
+
+    /// As [`Trace::start`], for listeners on any of `ports`.
+    pub fn start_ports(ports: &[u16]) -> Result<Trace> {
+        if ports.is_empty() {
+            bail!("a trace needs a port to filter on");
+        }
         let root = std::path::Path::new(TRACEFS);
         if !root.join("events").exists() {
             mount_pseudo_fs("tracefs", TRACEFS)?;
@@ -91,10 +108,18 @@ impl Trace {
             bail!("kernel has no tracepoint tcp:tcp_reuseport_migrate ({TRACEFS}/{TRACE_EVENT})");
         }
         let park = root.join(PARK_EVENT).exists();
-        let t = Trace { port, park };
+        let t = Trace {
+            ports: ports.to_vec(),
+            park,
+        };
+        let filter = ports
+            .iter()
+            .map(|p| format!("sport == {p}"))
+            .collect::<Vec<_>>()
+            .join(" || ");
         for ev in t.events() {
             t.write(&format!("{ev}/enable"), "0")?;
-            t.write(&format!("{ev}/filter"), &format!("sport == {port}"))?;
+            t.write(&format!("{ev}/filter"), &filter)?;
         }
         t.write("trace", "")?;
         for ev in t.events() {
@@ -116,12 +141,13 @@ impl Trace {
         fs::read_to_string(&path).with_context(|| format!("read {path}"))
     }
 
-    /// The lines of `event` (its name) on this trace's port in `text`.
-    fn lines_of<'a>(&self, text: &'a str, event: &str) -> impl Iterator<Item = &'a str> {
+    /// The lines of `event` (its name) on this trace's ports in `text`.
+    fn lines_of<'a>(&'a self, text: &'a str, event: &str) -> impl Iterator<Item = &'a str> {
         let name = format!("{event}:");
-        let port = format!("sport={}", self.port);
-        text.lines()
-            .filter(move |l| l.contains(&name) && l.split_whitespace().any(|w| w == port))
+        let ports: Vec<String> = self.ports.iter().map(|p| format!("sport={p}")).collect();
+        text.lines().filter(move |l| {
+            l.contains(&name) && l.split_whitespace().any(|w| ports.iter().any(|p| p == w))
+        })
     }
 
     /// The `tcp_reuseport_park` events recorded so far, in order. An error
@@ -140,10 +166,23 @@ impl Trace {
                     .parse()
                     .with_context(|| format!("{key} in {line:?}"))
             };
+            // "... [000] ..... 123.456789: tcp_reuseport_park: ..."
+            let at = line
+                .split_whitespace()
+                .take_while(|w| !w.starts_with("tcp_reuseport_park"))
+                .last()
+                .and_then(|w| w.strip_suffix(':'))
+                .and_then(|w| w.parse().ok())
+                .with_context(|| format!("no timestamp in {line:?}"))?;
             out.push(ParkEvent {
                 event: field("event=")?.to_string(),
                 queued: num("queued=")?,
                 requests: num("requests=")?,
+                sport: field("sport=")?
+                    .parse()
+                    .with_context(|| format!("sport in {line:?}"))?,
+                cookie: field("sock_cookie=")?.to_string(),
+                at,
             });
         }
         Ok(out)

@@ -107,6 +107,27 @@ pub(super) fn steer_stats(s: &Steer) -> Result<String> {
     Ok(out.join(" "))
 }
 
+/// A new client (`id`) connects to `g` while only L0 listens there, and
+/// L0 accepts and serves it: the listener works.
+pub(super) fn serves_new_client(fam: Family, g: &Group, ck: &mut Checks, id: usize) -> Result<()> {
+    let clients = connect_greet(fam, g, id..id + 1)?;
+    let acc = g.accept_all(1)?;
+    ck.eq("new clients accepted", acc.len(), 1);
+    exchange(&clients, &acc)?.check_all_served(ck, 1);
+    Ok(())
+}
+
+/// Every one of `clients` is reset (within the event timeout).
+pub(super) fn all_reset(ck: &mut Checks, what: &str, clients: &[Client]) -> Result<()> {
+    let f = fates(clients, Deadline::after(event_timeout()))?;
+    ck.eq(
+        what,
+        f.to_string(),
+        format!("data=0 reset={} eof=0 silent=0 error=0", clients.len()),
+    );
+    Ok(())
+}
+
 /// Whether `e` comes from the system error `errno`.
 pub(super) fn caused_by(e: &anyhow::Error, errno: i32) -> bool {
     e.chain().any(|c| {

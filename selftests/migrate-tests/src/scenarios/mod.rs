@@ -19,6 +19,7 @@ mod isolation;
 mod load_aware;
 mod lost;
 mod nomem;
+mod park_ends;
 mod park_races;
 mod queued_children;
 mod stop_start;
@@ -38,7 +39,12 @@ pub use lost::{
     bpf_to_full_target, disabled_after_close, expired_in_migration, lost_children, Lost,
 };
 pub use nomem::{nomem_at_close, nomem_in_flight, Alloc};
-pub use park_races::{park_expiry_vs_join, park_joiner_closes_in_adoption, park_netns_exit};
+pub use park_ends::{
+    park_bound_per_netns, park_destroyed_by_bpf_iter, park_destroyed_by_ss_k,
+    park_ephemeral_bind_skips, park_evicted, park_joiner_bind_evicts_nothing, park_many_namespaces,
+    park_netns_teardown, park_sysctl_lowered, park_sysctl_zero, Stranger,
+};
+pub use park_races::{park_expiry_vs_join, park_joiner_closes_before_adoption, park_netns_exit};
 pub use queued_children::{incoming_cpu_children, queued_children};
 pub use stop_start::{
     grace_rejects_unknown, stop_start, stop_start_expired, stop_start_owner, stop_start_strangers,

@@ -1,37 +1,39 @@
 // SPDX-License-Identifier: GPL-2.0
 //! Races of a parked listener's deferred close against the listeners that
-//! come and go meanwhile, and against its namespace going away. The close
-//! gate holds the parked listener's work in tcp_set_state(TCP_CLOSE) of
-//! its __tcp_close(): the work has decided
-//! how the park ended (adopted or expired, already counted) but the
+//! come and go meanwhile, and against its namespace going away. A park
+//! ends in tcp_park_work(), which runs on system_unbound_wq and closes the
+//! listener through its own sk_prot->close. Two gates hold that work:
+//! the close gate in tcp_set_state(TCP_CLOSE) of its __tcp_close(), where
+//! the work has decided how the park ended (already counted) but the
 //! listener is still hashed in TCP_LISTEN with everything it keeps, so a
-//! listen() or a close() of the group runs exactly inside that window.
+//! listen() or a close() of the group runs exactly inside that window;
+//! and the park-work gate at the entry of tcp_park_work(), before it has
+//! decided anything.
 //!
-//! The gate spins with interrupts off, so the work must run on CPU 0
-//! while the test goes on from CPU 1. The work runs where it is queued:
-//! by the expiry timer, armed by a close() on CPU 0 and kept there by a
-//! spinner (an idle CPU hands its timers over), or by the listen() that
-//! adopts, made on CPU 0 by a real-time thread that gets back to the test
-//! before the kworker it woke runs. Parking is the series' own: on the
-//! base kernel these tests skip, stop_start_* assert upstream's loss
-//! there.
+//! The gates spin with interrupts off, so the work must run on CPU 0
+//! while the test goes on from CPU 1: the unbound workqueues are confined
+//! to CPU 0 for the test ([`UnboundWorkOn`]), whichever CPU queued the
+//! work or armed its timer. Parking is the series' own: on the base
+//! kernel these tests skip, stop_start_* assert upstream's loss there.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
-use super::common::{children_on_l0, close_on_other_cpu, join, on_other_cpu, u};
-use super::stop_start::{grace_ms, new_listener, set_grace, ADOPTED, EXPIRED, PARKED, QUEUED};
+use super::common::{children_on_l0, u};
+use super::stop_start::{
+    ends, ends_text, grace_ms, new_listener, parks_off, set_grace, wait_ends, QUEUED,
+};
 use crate::bpf::{Gate, GateAt};
 use crate::harness::{
     enter_fresh_netns, event_timeout, exchange, fates, ip, link_exists, lock_in_memory, note,
-    outrun_kworkers, pin_to_cpu, scaled, start_trace, wait_until, BusyCpu, Checks, Client,
-    Deadline, Family, Group, Kernel, Netns, Skip, Stop, TcpExt, TimersStayLocal, Trace, MIGRATE_OK,
+    pin_to_cpu, scaled, start_trace, wait_until, Checks, Client, Deadline, Family, Group, Idle,
+    Kernel, Netns, ParkEvent, Reason, Skip, Stop, TcpExt, Trace, UnboundWorkOn,
 };
 
-fn patched_only(kernel: Kernel) -> Result<()> {
+pub(super) fn patched_only(kernel: Kernel) -> Result<()> {
     match kernel {
         Kernel::Patched => Ok(()),
         Kernel::Base => Err(Skip(
@@ -41,67 +43,82 @@ fn patched_only(kernel: Kernel) -> Result<()> {
     }
 }
 
-/// The parks since `start` and how they ended, as one comparable text.
-fn parks(start: &TcpExt) -> Result<String> {
-    let now = TcpExt::read()?;
-    Ok(format!(
-        "parked={} adopted={} expired={}",
-        now.since(start, PARKED)?,
-        now.since(start, ADOPTED)?,
-        now.since(start, EXPIRED)?
-    ))
-}
-
-/// What both races start from: L0 alone on its port with QUEUED children,
-/// migrations on the port traced, the close gate attached but not armed,
-/// and this thread on CPU 1, away from where the gate will spin.
+/// What the races start from: L0 alone on its port with QUEUED children,
+/// migrations on the port traced, a gate attached but not armed, the
+/// unbound workqueues on CPU 0 and this thread on CPU 1, away from where
+/// the gate will spin.
 struct Race {
     kernel: Kernel,
     ck: Checks,
     start: TcpExt,
+    idle: Idle,
     g: Group,
     trace: Option<Trace>,
     clients: Vec<Client>,
     gate: Gate,
-    _timers: TimersStayLocal,
+    _work: UnboundWorkOn,
 }
 
 impl Race {
-    fn new(fam: Family, kernel: Kernel, grace: u64) -> Result<Race> {
+    fn new(fam: Family, kernel: Kernel, grace: u64, at: GateAt) -> Result<Race> {
         patched_only(kernel)?;
         lock_in_memory()?;
-        let timers = TimersStayLocal::new()?;
         set_grace(kernel, grace)?;
+        // The park-work gate holds whatever park's work comes first: an
+        // earlier test's must be over.
+        let idle = Idle::settle()?;
+        let work = UnboundWorkOn::new(0)?;
         let mut ck = Checks::new();
         let start = TcpExt::read()?;
         let g = Group::bind(fam, 1)?;
         let trace = start_trace(kernel, g.port)?;
         let clients = children_on_l0(fam, &g, &mut ck, QUEUED)?;
-        let gate = Gate::attach(GateAt::Close)?;
+        let gate = Gate::attach(at)?;
         pin_to_cpu(1)?;
         Ok(Race {
             kernel,
             ck,
             start,
+            idle,
             g,
             trace,
             clients,
             gate,
-            _timers: timers,
+            _work: work,
         })
     }
 
     /// The parks since the start and how they ended, checked as `what`.
-    fn check_parks(&mut self, what: &str, want: &str) -> Result<()> {
-        let got = parks(&self.start)?;
-        self.ck.eq(what, got, want.into());
+    fn check_parks(&mut self, what: &str, want: &[(&str, u64)]) -> Result<()> {
+        let got = ends(&self.start)?;
+        self.ck.eq(what, got, ends_text(want));
         Ok(())
+    }
+
+    /// Waits for the parks since the start to end as `want`.
+    fn wait_parks(&mut self, what: &str, want: &[(&str, u64)]) -> Result<()> {
+        wait_ends(&mut self.ck, what, &self.start, want, event_timeout())
+    }
+
+    /// No park from here on, and everything back to idle.
+    fn finish(mut self) -> Result<()> {
+        parks_off(self.kernel)?;
+        drop(self.clients);
+        self.idle
+            .check(&mut self.ck, "at the end", event_timeout())?;
+        self.ck.finish()
     }
 
     /// `by` accepts and serves every child, each migrated `moves` times
     /// (the migrations of a park go through the migration tracepoint
     /// too), and the parks ended as `parks` says.
-    fn served_by(mut self, by: &Group, moves: usize, parks: &str, how: &str) -> Result<()> {
+    fn served_by(
+        mut self,
+        by: Group,
+        moves: usize,
+        parks: &[(&str, u64)],
+        how: &str,
+    ) -> Result<()> {
         let acc = by.accept_all(QUEUED)?;
         self.ck.eq(&format!("accepted {how}"), acc.len(), QUEUED);
         exchange(&self.clients, &acc)?.check_all_served(&mut self.ck, QUEUED);
@@ -112,7 +129,10 @@ impl Race {
         self.ck
             .migrations("", &self.start, &now, u(moves * QUEUED), 0)?;
         note(&format!("{QUEUED} of {QUEUED} served {how}"));
-        self.ck.finish()
+        parks_off(self.kernel)?;
+        drop(acc);
+        drop(by);
+        self.finish()
     }
 }
 
@@ -123,83 +143,200 @@ impl Race {
 /// no connection. Counted as an expiry: that is what the work decided.
 pub fn park_expiry_vs_join(fam: Family, kernel: Kernel) -> Result<()> {
     // Long enough that the gate is armed before the grace ends, however
-    // late the close thread runs.
-    let mut r = Race::new(fam, kernel, grace_ms() * 3)?;
-    // CPU 0 arms the expiry timer and must keep it.
-    let busy = BusyCpu::new(0)?;
+    // late this thread runs.
+    let mut r = Race::new(fam, kernel, grace_ms() * 3, GateAt::Close)?;
     // Parks: the user's close() never reaches tcp_set_state(TCP_CLOSE).
-    // The gate is armed once the park is counted: under TCG the close
-    // thread has been seen to start seconds late, and the grace runs from
-    // the park, not from the join.
-    join(close_on_other_cpu(&mut r.g, 0)?)?;
-    let mut seen = String::new();
-    wait_until(event_timeout(), || {
-        seen = parks(&r.start)?;
-        Ok(seen != "parked=0 adopted=0 expired=0")
-    })?;
+    // The gate is armed once the park is counted.
+    r.g.stop(0, Stop::Close)?;
+    r.wait_parks("parks after the close", &[("parked", 1)])?;
     r.gate.arm(r.g.port)?;
-    r.ck.eq(
-        "parks after the close",
-        seen,
-        "parked=1 adopted=0 expired=0".into(),
-    );
     r.ck.gate("parked")?;
     r.gate.wait_holding()?;
-    r.check_parks("parks when the grace ended", "parked=1 adopted=0 expired=1")?;
+    r.check_parks(
+        "parks when the grace ended",
+        &[("parked", 1), ("expired", 1)],
+    )?;
 
     let n = new_listener(fam, r.g.port)?;
     r.gate.release()?;
-    // Only now can the spinner run again and see its stop.
-    drop(busy);
     r.served_by(
-        &n,
+        n,
         1,
-        "parked=1 adopted=0 expired=1",
+        &[("parked", 1), ("expired", 1)],
         "by a listener that came after the expiry",
     )
 }
 
-/// L1 joins, the work decides on adoption, and L1 closes before the work
-/// has moved anything to it. L1 is then the last listener serving
-/// userspace (the parked L0 serves nobody): it parks in turn, L0's close
-/// migrates its children onto the parked L1, and L2, listening later,
-/// adopts them from L1. Each child migrates twice and none is lost.
-pub fn park_joiner_closes_in_adoption(fam: Family, kernel: Kernel) -> Result<()> {
-    let mut r = Race::new(fam, kernel, grace_ms() * 5)?;
-    r.g.stop(0, Stop::Close)?;
-    r.gate.arm(r.g.port)?;
+/// L0 is parked with QUEUED children; L1 joins its group, which queues
+/// L0's adoption, and closes again before that work has run (the
+/// park-work gate holds it at its entry). L1 was then the last listener
+/// serving userspace: it parks too. A parked listener is never a
+/// migration target (no chains): L0 keeps its children and waits for the
+/// rest of its own grace. With `l2`, L2 joins within L0's grace and adopts
+/// both parks (2 adoptions, each child migrated once, L0 to L2, all
+/// served). Without, L0's children are reset when L0's grace ends, not
+/// when L1's does: L1 joins halfway through L0's grace, so the two ends
+/// are half a grace apart, and the trace's clock shows which one came.
+pub fn park_joiner_closes_before_adoption(fam: Family, kernel: Kernel, l2: bool) -> Result<()> {
+    let grace_ms = grace_ms() * 4;
+    let grace = Duration::from_millis(grace_ms);
+    let mut r = Race::new(fam, kernel, grace_ms, GateAt::ParkWork)?;
     let port = r.g.port;
-    // The listen() queues the adoption on its own CPU, where the gate
-    // then holds it; the thread returns L1 to us before the work runs.
-    let l1 = join(on_other_cpu(move || {
-        outrun_kworkers()?;
-        new_listener(fam, port)
-    })?)?;
+    r.g.stop(0, Stop::Close)?;
+    let closed_at = Instant::now();
+    r.wait_parks("parks after L0's close", &[("parked", 1)])?;
+    r.ck.gate("L0 parked")?;
+    if !l2 {
+        // A point on the test's timeline, not a wait for an event.
+        thread::sleep((closed_at + grace / 2).saturating_duration_since(Instant::now()));
+    }
+    r.gate.arm(port)?;
+    let l1 = new_listener(fam, port)?;
     r.gate.wait_holding()?;
-    r.check_parks("parks once L1 listens", "parked=1 adopted=1 expired=0")?;
+    r.check_parks("parks once L1 listens", &[("parked", 1)])?;
     drop(l1);
-    r.check_parks("parks once L1 closed", "parked=2 adopted=1 expired=0")?;
+    let l1_closed_at = Instant::now();
+    r.check_parks("parks once L1 closed", &[("parked", 2)])?;
     r.gate.release()?;
-    // L0's close goes on after the gate: L2 must not listen before it has
-    // moved every child to L1, or the policy could give some to L2 first.
-    let start = &r.start;
-    let moved = wait_until(event_timeout(), || {
-        Ok(TcpExt::read()?.since(start, MIGRATE_OK)? == u(QUEUED))
-    })?;
-    r.ck.eq("children moved from L0 to the parked L1", moved, true);
-    r.ck.gate("L0 closed")?;
+    r.ck.gate("L1 joined and closed before L0's adoption")?;
+    let trace = r
+        .trace
+        .take()
+        .context("the patched kernel has the tracepoint")?;
 
-    let l2 = new_listener(fam, port)?;
-    r.served_by(
-        &l2,
-        2,
-        "parked=2 adopted=2 expired=0",
-        "by L2, through the parked L1",
-    )
+    if l2 {
+        let l2 = new_listener(fam, port)?;
+        if closed_at.elapsed() >= grace {
+            bail!(
+                "L2 listened {:?} after L0's close, past its grace of {grace:?}: too slow to test",
+                closed_at.elapsed()
+            );
+        }
+        r.wait_parks("parks once L2 listens", &[("parked", 2), ("adopted", 2)])?;
+        let ev = by_listener(&trace.park_events()?);
+        r.ck.eq(
+            "park events by listener",
+            ev,
+            format!(
+                "L0: parked queued={QUEUED} requests=0, adopted queued={QUEUED} requests=0; \
+                 L1: parked queued=0 requests=0, adopted queued=0 requests=0"
+            ),
+        );
+        r.trace = Some(trace);
+        return r.served_by(
+            l2,
+            1,
+            &[("parked", 2), ("adopted", 2)],
+            "by L2, from both parks",
+        );
+    }
+
+    // L0's clients must be reset before L1's grace could end.
+    let f = fates(
+        &r.clients,
+        Deadline::after((l1_closed_at + grace).saturating_duration_since(Instant::now())),
+    )?;
+    r.ck.eq(
+        "L0's client fates before L1's grace ended",
+        f.to_string(),
+        format!("data=0 reset={QUEUED} eof=0 silent=0 error=0"),
+    );
+    let within = (l1_closed_at + grace).saturating_duration_since(Instant::now())
+        + grace / 4
+        + scaled(Duration::from_secs(2));
+    wait_ends(
+        &mut r.ck,
+        "parks at the end",
+        &r.start,
+        &[("parked", 2), ("expired", 2)],
+        within,
+    )?;
+    let ev = trace.park_events()?;
+    r.ck.eq(
+        "park events in order",
+        park_order(&ev),
+        format!(
+            "L0 parked queued={QUEUED} requests=0, L1 parked queued=0 requests=0, \
+             L0 expired queued={QUEUED} requests=0, L1 expired queued=0 requests=0"
+        ),
+    );
+    // The trace's clock: L0's end comes its grace after its park (the
+    // timer wheel may fire an eighth late, the work runs a little later),
+    // and well before L1's grace would end.
+    if let (Some(p0), Some(e0), Some(p1)) = (
+        ev.iter().find(|e| e.event == "parked"),
+        ev.iter().find(|e| e.event == "expired"),
+        ev.iter().filter(|e| e.event == "parked").nth(1),
+    ) {
+        let held = e0.at - p0.at;
+        let g = grace.as_secs_f64();
+        r.ck.ge("L0 parked for (s)", held, g - 0.002);
+        r.ck.le("L0 parked for (s)", held, g * 1.25);
+        r.ck.le("L0's end after L1's park (s)", e0.at - p1.at, g * 0.75);
+    }
+    r.trace = Some(trace);
+    let now = r.ck.reasons(
+        kernel,
+        &r.start,
+        r.trace.as_ref(),
+        "child",
+        &[(Reason::NoListener, u(QUEUED))],
+    )?;
+    r.ck.migrations("", &r.start, &now, 0, u(QUEUED))?;
+    note(&format!(
+        "L0's {QUEUED} children reset at L0's grace end, L1 joined {} ms after L0's close",
+        (l1_closed_at - closed_at).as_millis()
+    ));
+    r.finish()
+}
+
+/// Which listener of a port an event is about: L0 is the first to park,
+/// L1 the second (told apart by their socket cookies).
+fn listener_names(ev: &[ParkEvent]) -> Vec<String> {
+    let mut cookies: Vec<&str> = Vec::new();
+    for e in ev {
+        if e.event == "parked" && !cookies.contains(&e.cookie.as_str()) {
+            cookies.push(&e.cookie);
+        }
+    }
+    ev.iter()
+        .map(|e| match cookies.iter().position(|c| *c == e.cookie) {
+            Some(i) => format!("L{i}"),
+            None => format!("cookie {}", e.cookie),
+        })
+        .collect()
+}
+
+/// The events in their order, each named by its listener.
+fn park_order(ev: &[ParkEvent]) -> String {
+    listener_names(ev)
+        .iter()
+        .zip(ev)
+        .map(|(n, e)| format!("{n} {e}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The events of each listener, L0 first: the order between two
+/// listeners' ends is the kernel's to choose.
+fn by_listener(ev: &[ParkEvent]) -> String {
+    let names = listener_names(ev);
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for (n, e) in names.iter().zip(ev) {
+        match out.iter_mut().find(|(k, _)| k == n) {
+            Some((_, v)) => v.push(e.to_string()),
+            None => out.push((n.clone(), vec![e.to_string()])),
+        }
+    }
+    out.sort();
+    out.iter()
+        .map(|(n, v)| format!("{n}: {}", v.join(", ")))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The tcp:tcp_reuseport_migrate events of `trace`, as one comparable text.
-fn events(trace: &Trace) -> Result<String> {
+pub(super) fn events(trace: &Trace) -> Result<String> {
     let mut got: Vec<String> = trace
         .counts()?
         .iter()
@@ -211,7 +348,7 @@ fn events(trace: &Trace) -> Result<String> {
 
 /// The addresses of the two ends of the veth pair: the parked
 /// listener's and its clients'.
-fn veth_addrs(fam: Family) -> (&'static str, &'static str, IpAddr) {
+pub(super) fn veth_addrs(fam: Family) -> (&'static str, &'static str, IpAddr) {
     match fam {
         Family::V4 => (
             "10.77.0.1/24",
@@ -228,7 +365,7 @@ fn veth_addrs(fam: Family) -> (&'static str, &'static str, IpAddr) {
 
 /// Gives `dev` of the calling thread's namespace `addr` (for IPv6 without
 /// duplicate address detection, so usable at once) and brings it up.
-fn veth_end_up(dev: &str, addr: &str) -> Result<()> {
+pub(super) fn veth_end_up(dev: &str, addr: &str) -> Result<()> {
     let mut args = vec!["addr", "add", addr, "dev", dev];
     if addr.contains(':') {
         args.push("nodad");
@@ -238,7 +375,7 @@ fn veth_end_up(dev: &str, addr: &str) -> Result<()> {
 }
 
 /// A veth pair: `name` in the calling thread's namespace, `peer` in `home`.
-fn veth_to(name: &str, peer: &str, home: &Netns) -> Result<()> {
+pub(super) fn veth_to(name: &str, peer: &str, home: &Netns) -> Result<()> {
     ip(&[
         "link",
         "add",
@@ -257,7 +394,7 @@ fn veth_to(name: &str, peer: &str, home: &Netns) -> Result<()> {
 /// as its veth peer in the calling thread's namespace going away: the
 /// proof that the test can see a dismantling at all, and how long it
 /// must wait to say that one did not happen.
-fn idle_netns_dismantled(home: &Netns) -> Result<Duration> {
+pub(super) fn idle_netns_dismantled(home: &Netns) -> Result<Duration> {
     let peer = format!("rmidle{}", std::process::id() % 100_000);
     enter_fresh_netns()?;
     let made = veth_to("rmidle", &peer, home);
@@ -289,10 +426,7 @@ fn idle_netns_dismantled(home: &Netns) -> Result<Duration> {
 pub fn park_netns_exit(fam: Family, kernel: Kernel) -> Result<()> {
     patched_only(kernel)?;
     lock_in_memory()?;
-    let _timers = TimersStayLocal::new()?;
-    // Started here, so that the spinner's thread holds the test's own
-    // namespace and not the server's.
-    let busy = BusyCpu::new(0)?;
+    let _work = UnboundWorkOn::new(0)?;
     pin_to_cpu(1)?;
     let home = Netns::current()?;
     let dismantle = idle_netns_dismantled(&home)?;
@@ -314,18 +448,15 @@ pub fn park_netns_exit(fam: Family, kernel: Kernel) -> Result<()> {
     let clients = children_on_l0(fam, &g, &mut ck, QUEUED)?;
     server.enter()?;
     let gate = Gate::attach(GateAt::Close)?;
-    join(close_on_other_cpu(&mut g, 0)?)?;
-    let mut seen = String::new();
-    wait_until(event_timeout(), || {
-        seen = parks(&start)?;
-        Ok(seen != "parked=0 adopted=0 expired=0")
-    })?;
-    gate.arm(g.port)?;
-    ck.eq(
+    g.stop(0, Stop::Close)?;
+    wait_ends(
+        &mut ck,
         "parks after the close",
-        seen,
-        "parked=1 adopted=0 expired=0".into(),
-    );
+        &start,
+        &[("parked", 1)],
+        event_timeout(),
+    )?;
+    gate.arm(g.port)?;
     ck.gate("parked")?;
 
     // Nothing of userspace is left in the server's namespace: were the
@@ -344,7 +475,6 @@ pub fn park_netns_exit(fam: Family, kernel: Kernel) -> Result<()> {
     gate.wait_holding()?;
     ck.eq("migrations while held", events(&trace)?, String::new());
     gate.release()?;
-    drop(busy);
     // The close resets every child, as at any expiry, while the
     // namespace is whole: the resets reach the clients.
     let f = fates(&clients, Deadline::after(event_timeout()))?;

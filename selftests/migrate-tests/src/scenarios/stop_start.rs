@@ -9,21 +9,90 @@
 use std::thread;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 
-use super::common::{as_uid, caused_by, children_on_l0, u};
+use super::common::{
+    all_reset, as_uid, caused_by, children_on_l0, connect_greet, serves_new_client, u,
+};
 use super::sysctl_abi::write_outcome;
 use crate::bpf::HoldAck;
 use crate::harness::{
     event_timeout, exchange, fates, note, read_sysctl, scaled, set_migrate_req, set_sysctl,
-    start_trace, time_scale, wait_until, Checks, Client, Deadline, Family, Group, Kernel,
-    ParkEvent, Stop, TcpExt, Trace, MIGRATE_FAIL, MIGRATE_OK,
+    start_trace, tcp_inuse, time_scale, wait_until, Checks, Client, Deadline, Family, Group, Idle,
+    Kernel, ParkEvent, Reason, Stop, TcpExt, Trace, MIGRATE_FAIL, MIGRATE_OK,
 };
 
 pub const GRACE: &str = "net.ipv4.tcp_migrate_req_grace_ms";
 pub(super) const PARKED: &str = "TCPMigrateReqParked";
 pub(super) const ADOPTED: &str = "TCPMigrateReqAdopted";
 pub(super) const EXPIRED: &str = "TCPMigrateReqParkExpired";
+pub(super) const EVICTED: &str = "TCPMigrateReqParkEvicted";
+pub(super) const DESTROYED: &str = "TCPMigrateReqParkDestroyed";
+pub(super) const CANCELLED: &str = "TCPMigrateReqParkCancelled";
+
+/// The park counter and the five ends, by the name the tests give them.
+/// At idle the parks equal the sum of the ends: one end per park.
+const PARK_COUNTERS: [(&str, &str); 6] = [
+    ("parked", PARKED),
+    ("adopted", ADOPTED),
+    ("expired", EXPIRED),
+    ("evicted", EVICTED),
+    ("destroyed", DESTROYED),
+    ("cancelled", CANCELLED),
+];
+
+/// The parks since `start` and how they ended, as one comparable text
+/// ("parked=1 adopted=0 expired=0 evicted=1 destroyed=0 cancelled=0").
+pub(super) fn ends(start: &TcpExt) -> Result<String> {
+    let now = TcpExt::read()?;
+    let mut out = Vec::new();
+    for (name, counter) in PARK_COUNTERS {
+        out.push(format!("{name}={}", now.since(start, counter)?));
+    }
+    Ok(out.join(" "))
+}
+
+/// What [`ends`] reads when the counters named in `want` grew by their
+/// value and the others not at all.
+pub(super) fn ends_text(want: &[(&str, u64)]) -> String {
+    PARK_COUNTERS
+        .iter()
+        .map(|(name, _)| {
+            let n: u64 = want.iter().filter(|(w, _)| w == name).map(|(_, n)| n).sum();
+            format!("{name}={n}")
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Waits (bounded by `within`) until the parks since `start` and their
+/// ends read `want` (see [`ends_text`]), then checks they do, as `what`.
+pub(super) fn wait_ends(
+    ck: &mut Checks,
+    what: &str,
+    start: &TcpExt,
+    want: &[(&str, u64)],
+    within: Duration,
+) -> Result<()> {
+    let want = ends_text(want);
+    let mut got = String::new();
+    wait_until(within, || {
+        got = ends(start)?;
+        Ok(got == want)
+    })?;
+    ck.eq(what, got, want);
+    Ok(())
+}
+
+/// No park from here on: the test's last listeners close as on base, and
+/// nothing of the test outlives it. Nothing may be parked at this point
+/// (0 would cancel it).
+pub(super) fn parks_off(kernel: Kernel) -> Result<()> {
+    match kernel {
+        Kernel::Patched => set_sysctl(GRACE, "0"),
+        Kernel::Base => Ok(()),
+    }
+}
 
 /// The grace the tests set: 1 s, as the scenarios, widened with
 /// the suite's time scale on a debug kernel, where the test's own steps
@@ -100,7 +169,7 @@ fn park_one(fam: Family, kernel: Kernel, ck: &mut Checks) -> Result<Parked> {
 }
 
 /// Park events as one text, for one exact comparison.
-fn park_text(ev: &[ParkEvent]) -> String {
+pub(super) fn park_text(ev: &[ParkEvent]) -> String {
     ev.iter()
         .map(ToString::to_string)
         .collect::<Vec<_>>()
@@ -196,27 +265,6 @@ pub fn stop_start(fam: Family, kernel: Kernel, gap_ms: u64) -> Result<()> {
     ck.finish()
 }
 
-/// TCP sockets in use in this namespace (`/proc/net/sockstat`).
-fn tcp_inuse() -> Result<u64> {
-    let text = std::fs::read_to_string("/proc/thread-self/net/sockstat")
-        .context("read /proc/thread-self/net/sockstat")?;
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("TCP:"))
-        .ok_or_else(|| anyhow!("no TCP: line in sockstat"))?;
-    let mut it = line.split_whitespace();
-    while let Some(w) = it.next() {
-        if w == "inuse" {
-            return it
-                .next()
-                .ok_or_else(|| anyhow!("inuse without a value"))?
-                .parse()
-                .context("parse TCP inuse");
-        }
-    }
-    Err(anyhow!("no inuse in {line:?}"))
-}
-
 /// No listener comes within the grace: every parked connection is reset
 /// at expiry, the counters say so, and the port and the namespace's TCP
 /// sockets are back to idle.
@@ -303,14 +351,10 @@ fn bind_outcome(fam: Family, port: u16, uid: Option<u32>, reuseport: bool) -> Re
     }
 }
 
-/// What bind(2) of a stranger to a parked port answers: EADDRINUSE on the
-/// patched kernel; on base the port is free once its listener closed.
-fn stranger_bind(kernel: Kernel) -> String {
-    match kernel {
-        Kernel::Patched => format!("{:?}", Err::<(), _>(libc::EADDRINUSE)),
-        Kernel::Base => "Ok(())".to_string(),
-    }
-}
+/// What bind(2) of a stranger to a parked port answers, on either kernel:
+/// base has freed the port at the close, and the patched kernel evicts
+/// the parked listener rather than refuse what base allows.
+const BIND_OK: &str = "Ok(())";
 
 /// L0 listens alone with QUEUED children queued, then closes.
 fn close_with_children(fam: Family, g: &mut Group, ck: &mut Checks) -> Result<Vec<Client>> {
@@ -349,36 +393,78 @@ fn adopted_or_reset(
     Ok(())
 }
 
-/// While the port is parked, a socket of another uid and one without
-/// SO_REUSEPORT are refused it (EADDRINUSE), and a listener bound to
-/// another device gets none of the parked connections. A listener of the
-/// old group's owner then adopts all of them.
+/// While the port is parked, a socket of another uid binds it: the bind
+/// succeeds, as on base, and evicts the parked listener, whose children
+/// are reset by its close (base: at the close). The port is then free for
+/// a socket without SO_REUSEPORT too, and a listener bound to another
+/// device serves new clients there.
 pub fn stop_start_strangers(fam: Family, kernel: Kernel) -> Result<()> {
     set_grace(kernel, grace_ms() * 5)?;
+    let idle = Idle::settle()?;
     let mut ck = Checks::new();
     let start = TcpExt::read()?;
     let mut g = Group::bind(fam, 1)?;
+    let port = g.port;
+    let trace = start_trace(kernel, port)?;
     let clients = close_with_children(fam, &mut g, &mut ck)?;
+    if kernel == Kernel::Patched {
+        wait_ends(
+            &mut ck,
+            "after the close",
+            &start,
+            &[("parked", 1)],
+            event_timeout(),
+        )?;
+        ck.gate("parked")?;
+    }
 
     ck.eq(
         "bind of uid 65534 with SO_REUSEPORT",
-        bind_outcome(fam, g.port, Some(65534), true)?,
-        stranger_bind(kernel),
+        bind_outcome(fam, port, Some(65534), true)?,
+        BIND_OK.to_string(),
     );
+    if kernel == Kernel::Patched {
+        let ev = [("parked", 1), ("evicted", 1)];
+        wait_ends(
+            &mut ck,
+            "after the stranger's bind",
+            &start,
+            &ev,
+            event_timeout(),
+        )?;
+    }
+    all_reset(&mut ck, "parked client fates", &clients)?;
+    ck.gate("the stranger's bind")?;
     ck.eq(
         "bind without SO_REUSEPORT",
-        bind_outcome(fam, g.port, None, false)?,
-        stranger_bind(kernel),
+        bind_outcome(fam, port, None, false)?,
+        BIND_OK.to_string(),
     );
-    let dev = Group::bind_on(fam, Some(g.port), &[Some("lo")])?;
+    // From here no listener parks: the test leaves nothing behind.
+    parks_off(kernel)?;
+    let dev = Group::bind_on(fam, Some(port), &[Some("lo")])?;
     dev.listen(0)?;
-    thread::sleep(scaled(Duration::from_millis(100)));
-    ck.eq("queue of the listener bound to lo", dev.queued(0)?, 0);
-    ck.gate("strangers")?;
-    drop(dev);
-
-    let n = new_listener(fam, g.port)?;
-    adopted_or_reset(kernel, &n, &clients, &start, &mut ck)?;
+    serves_new_client(fam, &dev, &mut ck, 100)?;
+    if kernel == Kernel::Patched {
+        let ev = trace.as_ref().context("no trace")?.park_events()?;
+        ck.eq(
+            "park events",
+            park_text(&ev),
+            format!("parked queued={QUEUED} requests=0, evicted queued={QUEUED} requests=0"),
+        );
+        let now = ck.reasons(
+            kernel,
+            &start,
+            trace.as_ref(),
+            "child",
+            &[(Reason::NoListener, u(QUEUED))],
+        )?;
+        ck.migrations("", &start, &now, 0, u(QUEUED))?;
+        let ev = [("parked", 1), ("evicted", 1)];
+        wait_ends(&mut ck, "at the end", &start, &ev, Duration::ZERO)?;
+    }
+    drop((dev, clients));
+    idle.check(&mut ck, "at the end", event_timeout())?;
     ck.finish()
 }
 
@@ -421,25 +507,70 @@ pub fn grace_rejects_unknown(kernel: Kernel) -> Result<()> {
 }
 
 /// The parked listener belongs to uid 65534, not to root although it has
-/// no file any more: root is refused its port (EADDRINUSE), as it would be
-/// while the old listener was open, and a new listener of uid 65534
-/// adopts every queued connection.
+/// no file any more: a new listener of uid 65534 adopts every queued
+/// connection, while root's bind(2) with SO_REUSEPORT, which could not
+/// have joined the group while the old listener was open, succeeds and
+/// evicts the parked listener (base: the children are reset at each
+/// close, root's bind succeeds).
 pub fn stop_start_owner(fam: Family, kernel: Kernel) -> Result<()> {
     const OWNER: u32 = 65534;
     set_grace(kernel, grace_ms() * 5)?;
+    let idle = Idle::settle()?;
     let mut ck = Checks::new();
     let start = TcpExt::read()?;
     // The socket's owner is who made it; root's listen() does not change it.
     let mut g = as_uid(OWNER, move || Group::bind(fam, 1))?;
-    let clients = close_with_children(fam, &mut g, &mut ck)?;
     let port = g.port;
+    let trace = start_trace(kernel, port)?;
+    let first = close_with_children(fam, &mut g, &mut ck)?;
+    let mut n = as_uid(OWNER, move || new_listener(fam, port))?;
+    adopted_or_reset(kernel, &n, &first, &start, &mut ck)?;
+    ck.gate("the owner's adoption")?;
 
+    // The owner's new listener closes with children of its own, and
+    // root binds the port.
+    let clients = connect_greet(fam, &n, 10..10 + QUEUED)?;
+    ck.eq(
+        "queue of the owner's new listener",
+        n.wait_queued(0, QUEUED as u32)?,
+        QUEUED as u32,
+    );
+    ck.gate("children of the owner's new listener")?;
+    n.stop(0, Stop::Close)?;
+    if kernel == Kernel::Patched {
+        let ev = [("parked", 2), ("adopted", 1)];
+        wait_ends(
+            &mut ck,
+            "after the second close",
+            &start,
+            &ev,
+            event_timeout(),
+        )?;
+        ck.gate("parked again")?;
+    }
     ck.eq(
         "bind of root with SO_REUSEPORT",
         bind_outcome(fam, port, None, true)?,
-        stranger_bind(kernel),
+        BIND_OK.to_string(),
     );
-    let n = as_uid(OWNER, move || new_listener(fam, port))?;
-    adopted_or_reset(kernel, &n, &clients, &start, &mut ck)?;
+    if kernel == Kernel::Patched {
+        let ev = [("parked", 2), ("adopted", 1), ("evicted", 1)];
+        wait_ends(&mut ck, "after root's bind", &start, &ev, event_timeout())?;
+    }
+    all_reset(&mut ck, "client fates after root's bind", &clients)?;
+    if kernel == Kernel::Patched {
+        let ev = trace.as_ref().context("no trace")?.park_events()?;
+        let q = format!("queued={QUEUED} requests=0");
+        ck.eq(
+            "park events",
+            park_text(&ev),
+            format!("parked {q}, adopted {q}, parked {q}, evicted {q}"),
+        );
+        let now = TcpExt::read()?;
+        ck.migrations("", &start, &now, u(QUEUED), u(QUEUED))?;
+    }
+    parks_off(kernel)?;
+    drop((first, clients));
+    idle.check(&mut ck, "at the end", event_timeout())?;
     ck.finish()
 }
