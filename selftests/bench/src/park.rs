@@ -769,7 +769,7 @@ fn adopt_once(a: &AdoptionArgs, k: u32, port: u16) -> Result<Value> {
     let room = (k * 2).max(4096);
     let parking = enter_ns(a.grace_ms, room)?;
     let res = adopt_in_ns(a, k, port, parking, room);
-    // Nothing may park again when what is left closes.
+    // On an error too, nothing left parks when it closes.
     if parking {
         let _ = write_sysctl(GRACE, 0);
     }
@@ -849,6 +849,13 @@ fn adopt_in_ns(a: &AdoptionArgs, k: u32, port: u16, parking: bool, room: u32) ->
             _ => {}
         }
     }
+    // The new listener is the last of its group: with the grace on, its
+    // close would park it, and the K children with it, for a minute.
+    if parking {
+        write_sysctl(GRACE, 0)?;
+    }
+    drop(l1);
+    drop(clients);
     let rel = |t: Option<u64>| t.map(|t| t.saturating_sub(t0));
     Ok(json!({
         "k": k, "parking": parking, "acceptable": acceptable, "migrated": moved,
