@@ -2,8 +2,11 @@
 //! Everything around the traffic that changes while it runs: the migration
 //! sysctl and syncookies flip, a migrate program is attached, replaced and
 //! detached, final ACKs are held so that SYN+ACK timers fire, the parking
-//! grace flips, and whole network namespaces holding live, migrating and
-//! parked connections are torn down.
+//! grace flips, whole network namespaces holding live, migrating and
+//! parked connections are torn down, listeners (parked or live) are
+//! destroyed by a sock_diag SOCK_DESTROY (what `ss -K` sends), and live
+//! listeners are put into a sockmap, where they stay when they close and
+//! park.
 
 use std::io::Write;
 use std::os::fd::AsRawFd;
@@ -12,6 +15,7 @@ use std::thread;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
+use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 use migrate_tests::bpf::{HoldAck, Migrate, Steer};
 use migrate_tests::harness::{
     enter_fresh_netns, poll_fd, read_sysctl, scaled, set_sysctl, write_sysctl, Deadline, Family,
@@ -56,11 +60,27 @@ const PARK_GRACES: &[u32] = &[0, 300, 1500];
 
 /// The chaos thread: one random operation after another until the run
 /// stops. `modes` are the tcp_migrate_req values the kernel accepts.
-pub fn chaos(pools: &[Arc<Pool>], modes: &[u8], seed: u64, stop: &Stop, stats: &Stats) {
+/// A part of the chaos that `--without` leaves out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    Mptcp,
+    Destroy,
+    Sockmap,
+}
+
+pub fn chaos(
+    pools: &[Arc<Pool>],
+    modes: &[u8],
+    without: &[Part],
+    seed: u64,
+    stop: &Stop,
+    stats: &Stats,
+) {
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut last_hold: Option<std::time::Instant> = None;
     // The program each group has now (one per address family).
     let mut steer: Vec<Option<Steer>> = pools.iter().map(|_| None).collect();
+    let mut sockmap = SockMap::default();
     while !stop.is_set() {
         let roll = rng.u32(..100);
         let r = match roll {
@@ -94,6 +114,11 @@ pub fn chaos(pools: &[Arc<Pool>], modes: &[u8], seed: u64, stop: &Stop, stats: &
                     .map(|()| stats.bump(&format!("op/park_grace_ms={v}")))
                     .map_err(|e| anyhow!(e).context("write tcp_migrate_req_grace_ms"))
             }
+            93..=96 if !without.contains(&Part::Destroy) => {
+                let pool = &pools[rng.usize(..pools.len())];
+                sock_destroy(pool, stats)
+            }
+            97..=99 if !without.contains(&Part::Sockmap) => sockmap.step(pools, &mut rng, stats),
             _ => Ok(()),
         };
         if let Err(e) = r {
@@ -110,6 +135,177 @@ pub fn chaos(pools: &[Arc<Pool>], modes: &[u8], seed: u64, stop: &Stop, stats: &
     }
 }
 
+/// Netlink's sock_diag and the SOCK_DESTROY request (linux/sock_diag.h).
+const NETLINK_SOCK_DIAG: i32 = 4;
+const SOCK_DESTROY: u16 = 21;
+const TCP_LISTEN: u32 = 10;
+/// "No cookie": the request names the socket by its addresses only.
+const INET_DIAG_NOCOOKIE: u32 = !0;
+
+/// Sends one SOCK_DESTROY for the TCP listener on `pool`'s address and
+/// port and returns the kernel's answer (0 or a negative errno). With no
+/// cookie the kernel destroys the listener its lookup finds: a live one
+/// of the group if there is one, else a parked one (which only answers
+/// SYNs because no live one does). What `ss -K` does, without ss.
+fn sock_destroy_request(pool: &Pool) -> Result<i32> {
+    // SAFETY: plain socket(2).
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            NETLINK_SOCK_DIAG,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("socket(NETLINK_SOCK_DIAG)");
+    }
+    // SAFETY: a descriptor we just made and own.
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // struct nlmsghdr (16 bytes) + struct inet_diag_req_v2 (56 bytes).
+    let mut msg = Vec::with_capacity(72);
+    msg.extend_from_slice(&72u32.to_ne_bytes());
+    msg.extend_from_slice(&SOCK_DESTROY.to_ne_bytes());
+    msg.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16).to_ne_bytes());
+    msg.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    msg.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel
+    let family = match pool.family {
+        Family::V4 => libc::AF_INET,
+        Family::V6 => libc::AF_INET6,
+    };
+    msg.extend_from_slice(&[family as u8, libc::IPPROTO_TCP as u8, 0, 0]);
+    msg.extend_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
+    // inet_diag_sockid: sport, dport (big endian), src[4], dst[4], if,
+    // cookie[2]. A listener's remote end is all zero.
+    msg.extend_from_slice(&pool.port.to_be_bytes());
+    msg.extend_from_slice(&0u16.to_be_bytes());
+    let mut src = [0u8; 16];
+    match pool.addr().ip() {
+        std::net::IpAddr::V4(a) => src[..4].copy_from_slice(&a.octets()),
+        std::net::IpAddr::V6(a) => src.copy_from_slice(&a.octets()),
+    }
+    msg.extend_from_slice(&src);
+    msg.extend_from_slice(&[0u8; 16]);
+    msg.extend_from_slice(&0u32.to_ne_bytes());
+    msg.extend_from_slice(&INET_DIAG_NOCOOKIE.to_ne_bytes());
+    msg.extend_from_slice(&INET_DIAG_NOCOOKIE.to_ne_bytes());
+    debug_assert_eq!(msg.len(), 72);
+    // SAFETY: sockaddr_nl is plain data; zero is the kernel's address.
+    let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    kernel.nl_family = libc::AF_NETLINK as u16;
+    // SAFETY: `msg` and `kernel` outlive the call, lengths are theirs.
+    let n = unsafe {
+        libc::sendto(
+            sock.as_raw_fd(),
+            msg.as_ptr().cast(),
+            msg.len(),
+            0,
+            (&kernel as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as u32,
+        )
+    };
+    if n != msg.len() as isize {
+        return Err(std::io::Error::last_os_error()).context("send SOCK_DESTROY");
+    }
+    // The answer: nlmsghdr of type NLMSG_ERROR, then the errno (0: done).
+    let mut buf = [0u8; 256];
+    // SAFETY: `buf` outlives the call and is as long as said.
+    let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 20 {
+        return Err(std::io::Error::last_os_error()).context("receive the SOCK_DESTROY answer");
+    }
+    let kind = u16::from_ne_bytes([buf[4], buf[5]]);
+    if kind != libc::NLMSG_ERROR as u16 {
+        return Err(anyhow!("SOCK_DESTROY answered with message type {kind}"));
+    }
+    Ok(i32::from_ne_bytes([buf[16], buf[17], buf[18], buf[19]]))
+}
+
+/// Destroys a listener of `pool`, parked or live (see
+/// [`sock_destroy_request`]). Its children migrate to a live listener or
+/// are reset: clients see a reset at worst, which the stress accepts.
+fn sock_destroy(pool: &Pool, stats: &Stats) -> Result<()> {
+    let fam = pool.family.prefix();
+    match -sock_destroy_request(pool)? {
+        0 => stats.bump(&format!("op/{fam}/sock_destroy")),
+        libc::ENOENT => stats.bump(&format!("op/{fam}/sock_destroy_none")),
+        // A kernel without CONFIG_INET_DIAG_DESTROY (or inet_diag).
+        libc::EOPNOTSUPP | libc::ENOSYS => stats.bump("op/sock_destroy_unsupported"),
+        e => {
+            return Err(std::io::Error::from_raw_os_error(e)).context("SOCK_DESTROY of a listener")
+        }
+    }
+    Ok(())
+}
+
+/// Slots of the chaos thread's sockmap.
+const SOCKMAP_SLOTS: u32 = 16;
+
+/// A BPF_MAP_TYPE_SOCKMAP that live listeners are put into, at random
+/// slots, and taken out of now and then. A listener stays in it when its
+/// process closes it: the close goes through sockmap's close, and a park
+/// then ends through the listener's own close, wherever the map has put
+/// it. None until first used, or where the kernel has no sockmap.
+#[derive(Default)]
+struct SockMap(Option<MapHandle>, bool);
+
+impl SockMap {
+    fn step(&mut self, pools: &[Arc<Pool>], rng: &mut fastrand::Rng, stats: &Stats) -> Result<()> {
+        if self.1 {
+            stats.bump("op/sockmap_unavailable");
+            return Ok(());
+        }
+        if self.0.is_none() {
+            let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
+                sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
+                ..Default::default()
+            };
+            match MapHandle::create(
+                MapType::Sockmap,
+                Some("stress_sockmap"),
+                4,
+                4,
+                SOCKMAP_SLOTS,
+                &opts,
+            ) {
+                Ok(m) => self.0 = Some(m),
+                Err(e) => {
+                    // A kernel without CONFIG_NET_SOCK_MSG: said once.
+                    self.1 = true;
+                    stats.error("op/sockmap_unavailable", &anyhow!(e));
+                    return Ok(());
+                }
+            }
+        }
+        let map = self.0.as_ref().expect("made above");
+        let key = rng.u32(..SOCKMAP_SLOTS).to_ne_bytes();
+        if rng.u32(..4) == 0 {
+            // ENOENT for an empty slot is fine.
+            match map.delete(&key) {
+                Ok(()) => stats.bump("op/sockmap_delete"),
+                Err(_) => stats.bump("op/sockmap_delete_empty"),
+            }
+            return Ok(());
+        }
+        let pool = &pools[rng.usize(..pools.len())];
+        let ls = pool.listening_tcp();
+        let Some(l) = ls.get(rng.usize(..ls.len().max(1))) else {
+            stats.bump("op/sockmap_no_listener");
+            return Ok(());
+        };
+        let fd = l.as_raw_fd() as u32;
+        match map.update(&key, &fd.to_ne_bytes(), MapFlags::ANY) {
+            Ok(()) => stats.bump(&format!("op/{}/sockmap_add", pool.family.prefix())),
+            // A listener shut down or destroyed meanwhile: refused, as
+            // the kernel should.
+            Err(e) => stats.error(
+                &format!("op/{}/sockmap_add_refused", pool.family.prefix()),
+                &anyhow!(e),
+            ),
+        }
+        Ok(())
+    }
+}
+
 /// Attaches a migrate program to a group with none, or replaces or
 /// detaches the one it has. What the program answers for a migrating
 /// socket is chosen at random: the kernel's pick, SK_DROP, or slot 0 of
@@ -120,7 +316,7 @@ fn program(
     rng: &mut fastrand::Rng,
     stats: &Stats,
 ) -> Result<()> {
-    let ls = pool.listening();
+    let ls = pool.listening_tcp();
     let Some(l) = ls.get(rng.usize(..ls.len().max(1))) else {
         stats.bump("op/bpf_no_listener");
         return Ok(());
@@ -179,7 +375,7 @@ fn netns_teardown(stats: &Stats) -> Result<()> {
             set_sysctl(PARK_GRACE, "1000")?;
         }
         set_sysctl("net.ipv4.tcp_fastopen", TFO_NO_COOKIES)?;
-        let pool = Pool::new(Family::V4, 0, 2)?;
+        let pool = Pool::new(Family::V4, 0, 2, false)?;
         let mut clients = Vec::new();
         for k in 0..6 {
             let s = tcp_socket(Family::V4)?;

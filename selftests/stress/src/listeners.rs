@@ -2,10 +2,15 @@
 //! A reuseport group whose listeners come and go: each slot is closed,
 //! listening, or shut down (which keeps the socket, so it can listen again:
 //! `reuseport_resurrect()`). Every listener binds the group's port by
-//! number, as servers do, and sets TCP_FASTOPEN.
+//! number, as servers do, and sets TCP_FASTOPEN. One listener in four is
+//! an MPTCP socket where the kernel has MPTCP: its TCP subflow listener
+//! binds the same port with SO_REUSEPORT and the same owner, so it joins
+//! the TCP group; it must never park (MPTCP sockets do not), and
+//! connections migrate to it and from it like any other.
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
@@ -16,6 +21,9 @@ use crate::stats::Stats;
 
 const BACKLOG: i32 = 16;
 const FASTOPEN_QLEN: i32 = 16;
+const IPPROTO_MPTCP: i32 = 262;
+/// One listener opened in this many is an MPTCP one.
+const MPTCP_EVERY: usize = 4;
 
 enum Slot {
     Closed,
@@ -27,6 +35,10 @@ pub struct Pool {
     pub family: Family,
     pub port: u16,
     slots: Mutex<Vec<Slot>>,
+    /// Listeners opened so far, which picks the MPTCP ones.
+    opens: AtomicUsize,
+    /// socket(IPPROTO_MPTCP) failed once: the kernel has no MPTCP.
+    no_mptcp: AtomicBool,
 }
 
 pub fn tcp_socket(family: Family) -> Result<Socket> {
@@ -40,14 +52,17 @@ pub fn tcp_socket(family: Family) -> Result<Socket> {
 }
 
 impl Pool {
-    /// `n` listeners on `port` (0: a free one), all listening.
-    pub fn new(family: Family, port: u16, n: usize) -> Result<Pool> {
+    /// `n` listeners on `port` (0: a free one), all listening; one in
+    /// four opened later is MPTCP if `mptcp`.
+    pub fn new(family: Family, port: u16, n: usize, mptcp: bool) -> Result<Pool> {
         let mut pool = Pool {
             family,
             port,
             slots: Mutex::new((0..n).map(|_| Slot::Closed).collect()),
+            opens: AtomicUsize::new(0),
+            no_mptcp: AtomicBool::new(!mptcp),
         };
-        let first = pool.open()?;
+        let (first, _) = pool.open()?;
         pool.port = first
             .local_addr()?
             .as_socket()
@@ -57,7 +72,7 @@ impl Pool {
             let mut slots = pool.slots.lock().unwrap_or_else(|e| e.into_inner());
             slots[0] = Slot::Listening(Arc::new(first));
             for slot in slots.iter_mut().skip(1) {
-                *slot = Slot::Listening(Arc::new(pool.open()?));
+                *slot = Slot::Listening(Arc::new(pool.open()?.0));
             }
         }
         Ok(pool)
@@ -67,21 +82,65 @@ impl Pool {
         self.family.loopback(self.port)
     }
 
-    fn open(&self) -> Result<Socket> {
-        let s = tcp_socket(self.family)?;
+    /// An MPTCP socket, or None where the kernel has no MPTCP (for this
+    /// family).
+    fn mptcp_socket(&self) -> Result<Option<Socket>> {
+        if self.no_mptcp.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let domain = match self.family {
+            Family::V4 => Domain::IPV4,
+            Family::V6 => Domain::IPV6,
+        };
+        match Socket::new(domain, Type::STREAM, Some(Protocol::from(IPPROTO_MPTCP))) {
+            Ok(s) => {
+                s.set_nonblocking(true)?;
+                Ok(Some(s))
+            }
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EPROTONOSUPPORT) | Some(libc::EINVAL) | Some(libc::EAFNOSUPPORT)
+                ) =>
+            {
+                self.no_mptcp.store(true, Ordering::Relaxed);
+                Ok(None)
+            }
+            Err(e) => Err(e).context("socket(IPPROTO_MPTCP)"),
+        }
+    }
+
+    /// A new listener on the group's port, and whether it is MPTCP.
+    fn open(&self) -> Result<(Socket, bool)> {
+        // The first listener, which finds the port, is always TCP.
+        let k = self.opens.fetch_add(1, Ordering::Relaxed);
+        let mptcp = match k % MPTCP_EVERY == MPTCP_EVERY - 1 {
+            true => self.mptcp_socket()?,
+            false => None,
+        };
+        let is_mptcp = mptcp.is_some();
+        let s = match mptcp {
+            Some(s) => s,
+            None => tcp_socket(self.family)?,
+        };
         s.set_reuse_address(true)?;
         s.set_reuse_port(true)?;
-        setsockopt_int(
+        match setsockopt_int(
             s.as_raw_fd(),
             libc::IPPROTO_TCP,
             libc::TCP_FASTOPEN,
             FASTOPEN_QLEN,
-        )
-        .context("TCP_FASTOPEN")?;
+        ) {
+            Ok(()) => {}
+            // MPTCP takes TCP_FASTOPEN only on newer kernels: its
+            // listener works without.
+            Err(_) if is_mptcp => {}
+            Err(e) => return Err(e).context("TCP_FASTOPEN"),
+        }
         s.bind(&self.addr().into())
             .with_context(|| format!("bind {}", self.addr()))?;
         s.listen(BACKLOG).context("listen")?;
-        Ok(s)
+        Ok((s, is_mptcp))
     }
 
     /// The sockets that are listening now.
@@ -96,6 +155,15 @@ impl Pool {
             .collect()
     }
 
+    /// The TCP sockets that are listening now: a reuseport program, its
+    /// socket array and a sockmap take TCP sockets, not MPTCP ones.
+    pub fn listening_tcp(&self) -> Vec<Arc<Socket>> {
+        self.listening()
+            .into_iter()
+            .filter(|l| l.protocol().ok().flatten() != Some(Protocol::from(IPPROTO_MPTCP)))
+            .collect()
+    }
+
     /// One random change to one random slot. A closed socket is closed for
     /// good when its last holder (an acceptor in the middle of a poll) lets
     /// go of it, which is how servers close too.
@@ -106,9 +174,12 @@ impl Pool {
         let fam = self.family.prefix();
         match &slots[i] {
             Slot::Closed => match self.open() {
-                Ok(s) => {
+                Ok((s, mptcp)) => {
                     slots[i] = Slot::Listening(Arc::new(s));
                     stats.bump(&format!("op/{fam}/listen_new"));
+                    if mptcp {
+                        stats.bump(&format!("op/{fam}/listen_new_mptcp"));
+                    }
                 }
                 Err(e) => stats.error(&format!("op/{fam}/listen_new_failed"), &e),
             },
@@ -117,13 +188,25 @@ impl Pool {
                 slots[i] = Slot::Closed;
                 stats.bump(&format!("op/{fam}/close"));
             }
-            Slot::Listening(l) if roll < 65 => {
-                match l.shutdown(std::net::Shutdown::Both) {
-                    Ok(()) => stats.bump(&format!("op/{fam}/shutdown")),
-                    Err(e) => stats.error(&format!("op/{fam}/shutdown_failed"), &e.into()),
+            Slot::Listening(l) if roll < 65 => match l.shutdown(std::net::Shutdown::Both) {
+                Ok(()) => {
+                    stats.bump(&format!("op/{fam}/shutdown"));
+                    slots[i] = Slot::Shut(Arc::clone(l));
                 }
-                slots[i] = Slot::Shut(Arc::clone(l));
-            }
+                // A SOCK_DESTROY of the chaos thread closed it: a server
+                // sees the error and closes the socket. (Listening on it
+                // again would make a listener whose sk_shutdown tcp_done()
+                // left at SHUTDOWN_MASK, whose children upstream makes
+                // shut down: patch 1 clears that, base does not.)
+                Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+                    stats.bump(&format!("op/{fam}/found_destroyed"));
+                    slots[i] = Slot::Closed;
+                }
+                Err(e) => {
+                    stats.error(&format!("op/{fam}/shutdown_failed"), &e.into());
+                    slots[i] = Slot::Shut(Arc::clone(l));
+                }
+            },
             Slot::Listening(l) => {
                 // SO_INCOMING_CPU: a CPU, or -1 to clear the preference.
                 let (cpu, what) = if roll < 85 {

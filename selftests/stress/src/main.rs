@@ -11,14 +11,17 @@
 //! the parking grace flips, so that a group's last listener to close parks
 //! and the next to listen adopts; final ACKs are held so that SYN+ACK
 //! timers fire; namespaces with connections in them, parked ones too, are
-//! torn down; failslab and fail_page_alloc fail
+//! torn down; listeners, parked or live, are destroyed by SOCK_DESTROY
+//! (sock_diag, as `ss -K`) and put into a sockmap; one listener in four
+//! is an MPTCP one on the same port; failslab and fail_page_alloc fail
 //! allocations made under the migration paths.
 //!
 //! It asserts that every client ended served, reset or refused within its
 //! deadline; that the per-reason failure counters add up to
-//! TCPMigrateReqFailure; that once the namespace is gone the socket and
-//! request-socket slab objects and the orphan count are back to their
-//! values before the run; and that kmemleak reports nothing new. Splats
+//! TCPMigrateReqFailure; that once nothing is in use every park ended
+//! once (parks = the sum of the five ends); that once the namespace is
+//! gone the socket and request-socket slab objects and the orphan count
+//! are back to their values before the run; and that kmemleak reports nothing new. Splats
 //! are the VM runner's to find. The last line says PASS or FAIL.
 
 mod accounting;
@@ -66,6 +69,11 @@ struct Cli {
     /// paths (failslab; fail_page_alloc at a fifth of it). 0: none.
     #[arg(long, default_value_t = 5)]
     fault_percent: u32,
+    /// Leave out a part of the chaos, to tell which one a failure needs:
+    /// `mptcp` (MPTCP listeners in the groups), `destroy` (SOCK_DESTROY of
+    /// listeners), `sockmap` (listeners in a sockmap).
+    #[arg(long, value_delimiter = ',')]
+    without: Vec<chaos::Part>,
 }
 
 /// Functions of net/ipv4/inet_connection_sock.c that migrate, or make what
@@ -91,16 +99,23 @@ const FAULT_CACHES: &[&str] = &[
     "skbuff_head_cache",
 ];
 
-/// The stop-then-start counters of the patched kernel.
+/// The stop-then-start counters of the patched kernel: the parks, then
+/// the five ways a park ends. Once nothing is parked, each park has ended
+/// once: the first equals the sum of the others.
 const PARK_COUNTERS: &[&str] = &[
     "TCPMigrateReqParked",
     "TCPMigrateReqAdopted",
     "TCPMigrateReqParkExpired",
+    "TCPMigrateReqParkEvicted",
+    "TCPMigrateReqParkDestroyed",
+    "TCPMigrateReqParkCancelled",
 ];
 
 struct World {
     counters: BTreeMap<String, u64>,
     reasons_ok: Option<bool>,
+    /// At idle: parks, and the sum of their ends (where the kernel parks).
+    parks_ended: Option<(u64, u64)>,
     injected: BTreeMap<String, u64>,
     tcp_left: BTreeMap<String, u64>,
 }
@@ -130,12 +145,13 @@ fn world(cli: &Cli, seed: u64, stats: &Arc<Stats>) -> Result<World> {
     set_sysctl("net.ipv4.tcp_synack_retries", "1")?;
     set_sysctl("net.ipv4.tcp_fin_timeout", "1")?;
 
-    let v4 = Pool::new(Family::V4, 0, cli.listeners)?;
+    let mptcp = !cli.without.contains(&chaos::Part::Mptcp);
+    let v4 = Pool::new(Family::V4, 0, cli.listeners, mptcp)?;
     let port = v4.port;
     let mut pools = vec![Arc::new(v4)];
     if std::path::Path::new("/proc/sys/net/ipv6").exists() {
         // The same port, so that the held-ACK program covers both.
-        pools.push(Arc::new(Pool::new(Family::V6, port, cli.listeners)?));
+        pools.push(Arc::new(Pool::new(Family::V6, port, cli.listeners, mptcp)?));
     }
     let pools = Arc::new(pools);
 
@@ -203,8 +219,9 @@ fn world(cli: &Cli, seed: u64, stats: &Arc<Stats>) -> Result<World> {
     {
         let (pools, stop, stats) = (pools.clone(), stop.clone(), stats.clone());
         let modes = cli.modes.clone();
+        let without = cli.without.clone();
         others.push(thread::spawn(move || {
-            chaos::chaos(&pools, &modes, seed ^ 0x200, &stop, &stats)
+            chaos::chaos(&pools, &modes, &without, seed ^ 0x200, &stop, &stats)
         }));
     }
 
@@ -258,9 +275,25 @@ fn world(cli: &Cli, seed: u64, stats: &Arc<Stats>) -> Result<World> {
     let _ = wait_until(scaled(Duration::from_secs(30)), || {
         Ok(accounting::sockstat("TCP")?.get("inuse") == Some(&0))
     })?;
+    // Nothing in use is nothing parked: every park has ended, once.
+    let idle = TcpExt::read()?;
+    let parks_ended = match idle.get(PARK_COUNTERS[0]) {
+        Ok(parked) => {
+            let mut ended = 0;
+            for name in &PARK_COUNTERS[1..] {
+                let n = idle.get(name)?;
+                counters.insert(format!("{name} at idle"), n);
+                ended += n;
+            }
+            counters.insert(format!("{} at idle", PARK_COUNTERS[0]), parked);
+            Some((parked, ended))
+        }
+        Err(_) => None,
+    };
     Ok(World {
         counters,
         reasons_ok,
+        parks_ended,
         injected,
         tcp_left: accounting::sockstat("TCP")?,
     })
@@ -273,12 +306,13 @@ fn run(cli: &Cli) -> Result<Vec<String>> {
             .map_or(1, |d| d.as_nanos() as u64)
     });
     println!(
-        "# stress: seed {seed}, {} s, {} CPUs, listeners {} per group, modes {:?}, faults {}%, time scale {}",
+        "# stress: seed {seed}, {} s, {} CPUs, listeners {} per group, modes {:?}, faults {}%, without {:?}, time scale {}",
         cli.seconds,
         cpus(),
         cli.listeners,
         cli.modes,
         cli.fault_percent,
+        cli.without,
         time_scale()
     );
     // The plain test kernel has no debugfs: no faults, no leak scan there.
@@ -355,6 +389,13 @@ fn run(cli: &Cli) -> Result<Vec<String>> {
     }
     if w.reasons_ok == Some(false) {
         bad.push("per-reason failure counters do not add up to TCPMigrateReqFailure".into());
+    }
+    if let Some((parked, ended)) = w.parks_ended {
+        if parked != ended {
+            bad.push(format!(
+                "{parked} parks but {ended} ends once idle (every park ends once)"
+            ));
+        }
     }
     if w.tcp_left.get("inuse") != Some(&0) {
         bad.push(format!(
