@@ -27,7 +27,8 @@ use socket2::Socket;
 use super::common::{all_reset, as_uid, children_on_l0, join, serves_new_client, u};
 use super::park_races::{idle_netns_dismantled, patched_only, veth_addrs, veth_end_up, veth_to};
 use super::stop_start::{
-    ends, ends_text, grace_ms, new_listener, parks_off, set_grace, wait_ends, GRACE, QUEUED,
+    ends, ends_text, grace_ms, new_listener, parks_off, set_grace, wait_ends, GRACE, JIFFY_SLACK,
+    QUEUED,
 };
 use crate::harness::{
     enter_fresh_netns, event_timeout, ip, link_exists, note, read_sysctl, scaled, set_sysctl,
@@ -336,7 +337,7 @@ pub fn park_netns_teardown(fam: Family, kernel: Kernel) -> Result<()> {
             );
             if let Some(held) = parked_for(&ev) {
                 let g = grace.as_secs_f64();
-                ck.ge("parked for (s, trace clock)", held, g - 0.002);
+                ck.ge("parked for (s, trace clock)", held, g - JIFFY_SLACK);
                 ck.le(
                     "parked for (s, trace clock)",
                     held,
@@ -475,11 +476,11 @@ pub fn park_sysctl_lowered(fam: Family, kernel: Kernel) -> Result<()> {
         ck.ge(
             "A parked for (s)",
             ha,
-            Duration::from_millis(apart_ms).as_secs_f64() - 0.002,
+            Duration::from_millis(apart_ms).as_secs_f64() - JIFFY_SLACK,
         );
         ck.le("A parked for (s)", ha, old.as_secs_f64() / 2.0);
         // B ended at its park plus the new grace.
-        ck.ge("B parked for (s)", hb, new.as_secs_f64() - 0.002);
+        ck.ge("B parked for (s)", hb, new.as_secs_f64() - JIFFY_SLACK);
         ck.le(
             "B parked for (s)",
             hb,

@@ -24,7 +24,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use super::common::{children_on_l0, u};
 use super::stop_start::{
-    ends, ends_text, grace_ms, new_listener, parks_off, set_grace, wait_ends, QUEUED,
+    ends, ends_text, grace_ms, new_listener, parks_off, set_grace, wait_ends, JIFFY_SLACK, QUEUED,
 };
 use crate::bpf::{Gate, GateAt};
 use crate::harness::{
@@ -270,7 +270,7 @@ pub fn park_joiner_closes_before_adoption(fam: Family, kernel: Kernel, l2: bool)
     ) {
         let held = e0.at - p0.at;
         let g = grace.as_secs_f64();
-        r.ck.ge("L0 parked for (s)", held, g - 0.002);
+        r.ck.ge("L0 parked for (s)", held, g - JIFFY_SLACK);
         r.ck.le("L0 parked for (s)", held, g * 1.25);
         r.ck.le("L0's end after L1's park (s)", e0.at - p1.at, g * 0.75);
     }

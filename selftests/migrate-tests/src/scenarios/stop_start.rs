@@ -94,6 +94,11 @@ pub(super) fn parks_off(kernel: Kernel) -> Result<()> {
     }
 }
 
+/// How much earlier than its grace a park may end by the trace's clock
+/// (seconds): the grace is counted in jiffies, and a guest under TCG may
+/// see its ticks late and then several at once.
+pub(super) const JIFFY_SLACK: f64 = 0.02;
+
 /// The grace the tests set: 1 s, as the scenarios, widened with
 /// the suite's time scale on a debug kernel, where the test's own steps
 /// between the close and the new listen() are slower.
