@@ -181,6 +181,19 @@ pub fn park_destroyed_by_ss_k(fam: Family, kernel: Kernel) -> Result<()> {
     all_reset(&mut ck, "parked client fates", &clients)?;
     ck.gate("destroyed")?;
 
+    // The destroyed listener gave its port up: a socket without
+    // SO_REUSEPORT, which a leftover listener would refuse, binds it.
+    let free = fam.tcp_socket()?;
+    ck.eq(
+        "bind without SO_REUSEPORT after the destroy",
+        format!(
+            "{:?}",
+            free.bind(&fam.loopback(port).into())
+                .map_err(|e| e.raw_os_error())
+        ),
+        "Ok(())".to_string(),
+    );
+    drop(free);
     // The destroyed listener is out of the hash: listens elsewhere and on
     // its own port go through the code that walks it.
     let other = Group::bind(fam, 1).context("bind another port")?;
