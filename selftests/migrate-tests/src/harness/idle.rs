@@ -17,8 +17,14 @@ use super::{scaled, wait_until, Checks};
 /// `TCP` -> {inuse, orphan, tw, alloc, mem}. `inuse` and `tw` are the
 /// calling thread's namespace's, `orphan` is the machine's.
 pub fn sockstat(proto: &str) -> Result<BTreeMap<String, u64>> {
-    let text = fs::read_to_string("/proc/thread-self/net/sockstat")
-        .context("read /proc/thread-self/net/sockstat")?;
+    sockstat_in("sockstat", proto)
+}
+
+/// As [`sockstat`], from /proc/thread-self/net/`file` (`sockstat6` has
+/// the IPv6 sockets: `TCP6` -> {inuse}).
+fn sockstat_in(file: &str, proto: &str) -> Result<BTreeMap<String, u64>> {
+    let path = format!("/proc/thread-self/net/{file}");
+    let text = fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
     let mut out = BTreeMap::new();
     for line in text.lines() {
         let Some(rest) = line.strip_prefix(&format!("{proto}: ")) else {
@@ -41,9 +47,17 @@ fn tcp_stat(key: &str) -> Result<u64> {
         .ok_or_else(|| anyhow!("no TCP {key} in sockstat"))
 }
 
-/// TCP sockets in use in the calling thread's namespace.
+/// TCP sockets in use in the calling thread's namespace, IPv4 and IPv6
+/// (sockstat counts tcp_prot's, sockstat6 tcpv6_prot's).
 pub fn tcp_inuse() -> Result<u64> {
-    tcp_stat("inuse")
+    let v6 = match std::path::Path::new("/proc/thread-self/net/sockstat6").exists() {
+        true => sockstat_in("sockstat6", "TCP6")?
+            .get("inuse")
+            .copied()
+            .ok_or_else(|| anyhow!("no TCP6 inuse in sockstat6"))?,
+        false => 0,
+    };
+    Ok(tcp_stat("inuse")? + v6)
 }
 
 /// TCP orphans of the whole machine (the count is global): sockets closed
