@@ -7,8 +7,9 @@
 //!   listeners (`--parks`, cumulative) have been closed in `--namespaces`
 //!   other namespaces. With `--grace-ms` > 0 (a kernel that has the
 //!   sysctl) they are parked there; with 0, or on a kernel without the
-//!   sysctl, the same listeners are simply closed. The namespaces stay
-//!   alive (an fd each) in both cases, so only the parks differ.
+//!   sysctl, the same listeners are simply closed; with `--keep-open`
+//!   they stay open (a control: parked listeners stay hashed as live
+//!   ones do). The namespaces stay alive (an fd each) in every case.
 //! - `close`: close() of a listener that parks against one that does not,
 //!   in two namespaces of the same process (the static key on in both).
 //! - `adoption`: K children queued on a listener that is closed and parked;
@@ -96,6 +97,10 @@ struct ListenArgs {
     /// Timed bind+listen+close per step.
     #[arg(long, default_value_t = 1000)]
     iterations: u32,
+    /// Leave the listeners open instead (a control: what the same
+    /// listeners cost while they listen; implies no parking).
+    #[arg(long)]
+    keep_open: bool,
 }
 
 #[derive(Args)]
@@ -400,7 +405,10 @@ fn listen_cost(a: &ListenArgs) -> Result<Value> {
         "{most} parks over {} namespaces is more than {PARKS_PER_NS} per namespace",
         a.namespaces
     );
-    let parking = a.grace_ms > 0 && has_grace();
+    let parking = a.grace_ms > 0 && has_grace() && !a.keep_open;
+    if a.keep_open {
+        raise_nofile(u64::from(most) + 1024)?;
+    }
     let init = ns_fd()?;
     let orphans0 = orphans()?;
     let old_max = if parking {
@@ -444,6 +452,7 @@ fn listen_cost_in(a: &ListenArgs, parking: bool, orphans0: u64, nss: &[File]) ->
     let overhead = clock_overhead();
     let mut per_ns_have = 0u32;
     let mut steps = Vec::new();
+    let mut open = Vec::new();
     for &n in &a.parks {
         let per = n / a.namespaces;
         // Add listeners in every namespace up to `per`, close them, and
@@ -454,7 +463,9 @@ fn listen_cost_in(a: &ListenArgs, parking: bool, orphans0: u64, nss: &[File]) ->
             let parked0 = ext("TCPMigrateReqParked")?;
             for j in per_ns_have..per {
                 let s = worker::listener(Family::V4, PARK_PORT0 + j as u16, 16)?;
-                drop(s);
+                if a.keep_open {
+                    open.push(s);
+                }
             }
             let parked = ext("TCPMigrateReqParked")? - parked0;
             let want = if parking {
@@ -510,21 +521,27 @@ fn listen_cost_in(a: &ListenArgs, parking: bool, orphans0: u64, nss: &[File]) ->
             "{ended} parks ended during the measurement"
         );
         eprintln!(
-            "park-cost listen: {total} closed elsewhere ({}), listen() median {} ns, bind {} ns, close {} ns",
-            if parking { "parked" } else { "not parked" },
+            "park-cost listen: {total} elsewhere ({}), listen() median {} ns, bind {} ns, close {} ns",
+            if parking {
+                "parked"
+            } else if a.keep_open {
+                "open"
+            } else {
+                "closed"
+            },
             dist(&l)["median"],
             dist(&b)["median"],
             dist(&c)["median"]
         );
         steps.push(json!({
-            "parks": total, "parked": parking, "setup_ms": setup_ms,
+            "parks": total, "parked": parking, "open": open.len(), "setup_ms": setup_ms,
             "orphans_before": orphans_before, "orphans_after": orphans_after,
             "bind_ns": dist(&b), "listen_ns": dist(&l), "close_ns": dist(&c), "total_ns": dist(&all),
         }));
     }
     Ok(json!({
         "grace_ms": a.grace_ms, "kernel_has_grace": has_grace(), "parking": parking,
-        "namespaces": a.namespaces, "iterations": a.iterations,
+        "keep_open": a.keep_open, "namespaces": a.namespaces, "iterations": a.iterations,
         "clock_overhead_ns": overhead, "steps": steps,
     }))
 }
