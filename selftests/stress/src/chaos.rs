@@ -105,7 +105,11 @@ pub fn chaos(
                 last_hold = Some(std::time::Instant::now());
                 r
             }
-            70..=84 => netns_teardown(stats),
+            70..=79 => netns_teardown(stats),
+            80..=84 if can_park() => {
+                let r = fastrand::Rng::with_seed(rng.u64(..));
+                park_end(r, stats)
+            }
             // The last listener of a group that closes parks, and the
             // next one to listen adopts what it kept, or the grace ends.
             85..=92 if can_park() => {
@@ -133,6 +137,174 @@ pub fn chaos(
             let _ = s.detach(l);
         }
     }
+}
+
+/// How a park of [`park_end`] is made to end.
+#[derive(Clone, Copy, Debug)]
+enum End {
+    Adopted,
+    Expired,
+    Evicted,
+    Destroyed,
+    Cancelled,
+}
+
+impl End {
+    const ALL: [End; 5] = [
+        End::Adopted,
+        End::Expired,
+        End::Evicted,
+        End::Destroyed,
+        End::Cancelled,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            End::Adopted => "adopted",
+            End::Expired => "expired",
+            End::Evicted => "evicted",
+            End::Destroyed => "destroyed",
+            End::Cancelled => "cancelled",
+        }
+    }
+
+    fn counter(self) -> &'static str {
+        match self {
+            End::Adopted => "TCPMigrateReqAdopted",
+            End::Expired => "TCPMigrateReqParkExpired",
+            End::Evicted => "TCPMigrateReqParkEvicted",
+            End::Destroyed => "TCPMigrateReqParkDestroyed",
+            End::Cancelled => "TCPMigrateReqParkCancelled",
+        }
+    }
+}
+
+/// Children of the listener a [`park_end`] parks.
+const PARK_END_CHILDREN: usize = 2;
+
+/// In a namespace of its own, next to the traffic: a listener with
+/// children, half the time in a sockmap, closes and parks, and its park is
+/// ended one way of five chosen at random: a joiner adopts it, its grace
+/// expires, a stranger's bind() evicts it, SOCK_DESTROY destroys it, or the
+/// grace is written to 0. The namespace's counters must then show one
+/// park and exactly that end, and its clients must all be served (adopted)
+/// or all reset (the other ends): anything else is counted under
+/// `park_end_failed/` and fails the run.
+fn park_end(mut rng: fastrand::Rng, stats: &Stats) -> Result<()> {
+    use migrate_tests::harness::{exchange, fates, wait_until, Client, Group, TcpExt};
+    let end = End::ALL[rng.usize(..End::ALL.len())];
+    let in_sockmap = rng.bool();
+    let r = thread::spawn(move || -> Result<Option<String>> {
+        enter_fresh_netns()?;
+        set_sysctl(MIGRATE_REQ, "1")?;
+        // Long enough for every end but the expiry to come first.
+        let grace_ms = match end {
+            End::Expired => 300,
+            _ => 20_000,
+        };
+        set_sysctl(PARK_GRACE, &grace_ms.to_string())?;
+        let start = TcpExt::read()?;
+        let mut g = Group::bind(Family::V4, 1)?;
+        let port = g.port;
+        g.listen(0)?;
+        let mut clients = Vec::new();
+        for id in 0..PARK_END_CHILDREN {
+            let mut c = Client::connect(Family::V4, g.addr(), id)?;
+            c.send_hello()?;
+            clients.push(c);
+        }
+        if g.wait_queued(0, PARK_END_CHILDREN as u32)? != PARK_END_CHILDREN as u32 {
+            return Ok(Some("children not queued".into()));
+        }
+        let map = match in_sockmap {
+            true => {
+                let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
+                    sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
+                    ..Default::default()
+                };
+                let m = MapHandle::create(MapType::Sockmap, Some("park_end"), 4, 4, 1, &opts)
+                    .context("sockmap")?;
+                let fd = g.fd(0)? as u32;
+                m.update(&0u32.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
+                    .context("put the listener into the sockmap")?;
+                Some(m)
+            }
+            false => None,
+        };
+        g.stop(0, migrate_tests::harness::Stop::Close)?;
+        let grew = |name: &str| -> Result<u64> { TcpExt::read()?.since(&start, name) };
+        let timeout = scaled(Duration::from_secs(5));
+        if !wait_until(timeout, || Ok(grew("TCPMigrateReqParked")? == 1))? {
+            return Ok(Some("not parked".into()));
+        }
+        let mut joiner = None;
+        match end {
+            End::Adopted => {
+                let n = Group::bind_on(Family::V4, Some(port), &[None])?;
+                n.listen(0)?;
+                joiner = Some(n);
+            }
+            End::Expired => {}
+            End::Evicted => {
+                let s = tcp_socket(Family::V4)?;
+                s.bind(&g.addr().into()).context("the stranger's bind")?;
+            }
+            End::Destroyed => {
+                let e = sock_destroy_request(&Pool::new_bound(Family::V4, port))?;
+                if e != 0 {
+                    return Ok(Some(format!("SOCK_DESTROY answered {e}")));
+                }
+            }
+            End::Cancelled => set_sysctl(PARK_GRACE, "0")?,
+        }
+        if !wait_until(timeout + Duration::from_millis(grace_ms.min(1000)), || {
+            Ok(grew(end.counter())? == 1)
+        })? {
+            return Ok(Some(format!("{} not counted", end.name())));
+        }
+        let deadline = Deadline::after(timeout);
+        let fate = match &joiner {
+            Some(n) => {
+                let acc = n.accept_all(PARK_END_CHILDREN)?;
+                let ex = exchange(&clients, &acc)?;
+                (ex.alive == PARK_END_CHILDREN)
+                    .then_some(())
+                    .ok_or_else(|| format!("{} of {PARK_END_CHILDREN} served", ex.alive))
+            }
+            None => {
+                let f = fates(&clients, deadline)?;
+                (f.resets == PARK_END_CHILDREN)
+                    .then_some(())
+                    .ok_or_else(|| format!("clients: {f}"))
+            }
+        };
+        if let Err(why) = fate {
+            return Ok(Some(why));
+        }
+        let mut ends = Vec::new();
+        for e in End::ALL {
+            ends.push(format!("{}={}", e.name(), grew(e.counter())?));
+        }
+        let want: Vec<String> = End::ALL
+            .iter()
+            .map(|e| format!("{}={}", e.name(), u8::from(e.name() == end.name())))
+            .collect();
+        // No park outlives the op; the joiner closes without parking.
+        set_sysctl(PARK_GRACE, "0")?;
+        drop((joiner, map, clients));
+        Ok((ends != want).then(|| format!("ends {}", ends.join(" "))))
+    })
+    .join()
+    .map_err(|_| anyhow!("park_end thread panicked"))??;
+    let how = if in_sockmap { "_in_sockmap" } else { "" };
+    match r {
+        None => stats.bump(&format!("op/park_end/{}{how}", end.name())),
+        Some(why) => stats.error(
+            &format!("park_end_failed/{}{how}", end.name()),
+            &anyhow!("{why}"),
+        ),
+    }
+    Ok(())
 }
 
 /// Netlink's sock_diag and the SOCK_DESTROY request (linux/sock_diag.h).
@@ -230,6 +402,9 @@ fn sock_destroy(pool: &Pool, stats: &Stats) -> Result<()> {
         libc::ENOENT => stats.bump(&format!("op/{fam}/sock_destroy_none")),
         // A kernel without CONFIG_INET_DIAG_DESTROY (or inet_diag).
         libc::EOPNOTSUPP | libc::ENOSYS => stats.bump("op/sock_destroy_unsupported"),
+        // The lookup found an MPTCP listener's subflow, which MPTCP does
+        // not let SOCK_DESTROY close (tcp_abort_override()).
+        libc::EINVAL => stats.bump(&format!("op/{fam}/sock_destroy_mptcp_refused")),
         e => {
             return Err(std::io::Error::from_raw_os_error(e)).context("SOCK_DESTROY of a listener")
         }

@@ -78,6 +78,18 @@ impl Pool {
         Ok(pool)
     }
 
+    /// A pool of no listener that names `port`, for a request about a
+    /// listener bound there by other code.
+    pub fn new_bound(family: Family, port: u16) -> Pool {
+        Pool {
+            family,
+            port,
+            slots: Mutex::new(Vec::new()),
+            opens: AtomicUsize::new(0),
+            no_mptcp: AtomicBool::new(true),
+        }
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.family.loopback(self.port)
     }

@@ -13,7 +13,9 @@
 //! timers fire; namespaces with connections in them, parked ones too, are
 //! torn down; listeners, parked or live, are destroyed by SOCK_DESTROY
 //! (sock_diag, as `ss -K`) and put into a sockmap; one listener in four
-//! is an MPTCP one on the same port; failslab and fail_page_alloc fail
+//! is an MPTCP one on the same port; in namespaces of their own, parks
+//! (some in a sockmap) are ended each of the five ways and must end that
+//! way, with their clients served or reset; failslab and fail_page_alloc fail
 //! allocations made under the migration paths.
 //!
 //! It asserts that every client ended served, reset or refused within its
@@ -383,6 +385,10 @@ fn run(cli: &Cli) -> Result<Vec<String>> {
         if n > 0 {
             bad.push(format!("{n} clients {}", o.name()));
         }
+    }
+    let park_ends_failed = stats.sum("park_end_failed/");
+    if park_ends_failed > 0 {
+        bad.push(format!("{park_ends_failed} parks did not end as made to"));
     }
     if stats.sum("thread/") > 0 {
         bad.push("a worker thread failed".into());
