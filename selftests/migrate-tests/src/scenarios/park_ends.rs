@@ -57,8 +57,9 @@ fn park_and_end(end: &str, n: usize) -> String {
     format!("parked queued={n} requests=0, {end} queued={n} requests=0")
 }
 
-/// How long a park with `grace` lasted according to the trace's clock:
-/// from its `parked` event to its end event. None if either is missing.
+/// How long a park lasted by the trace's clock, from its `parked` event to
+/// its end event: the kernel's own times, without the test's latency.
+/// None if either event is missing.
 fn parked_for(ev: &[ParkEvent]) -> Option<f64> {
     let p = ev.iter().find(|e| e.event == "parked")?;
     let e = ev.iter().find(|e| e.event != "parked")?;
