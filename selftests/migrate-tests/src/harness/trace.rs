@@ -159,31 +159,7 @@ impl Trace {
         let text = self.read_trace()?;
         let mut out = Vec::new();
         for line in self.lines_of(&text, "tcp_reuseport_park") {
-            let field =
-                |key: &str| field(line, key).with_context(|| format!("no {key} in {line:?}"));
-            let num = |key: &str| -> Result<u32> {
-                field(key)?
-                    .parse()
-                    .with_context(|| format!("{key} in {line:?}"))
-            };
-            // "... [000] ..... 123.456789: tcp_reuseport_park: ..."
-            let at = line
-                .split_whitespace()
-                .take_while(|w| !w.starts_with("tcp_reuseport_park"))
-                .last()
-                .and_then(|w| w.strip_suffix(':'))
-                .and_then(|w| w.parse().ok())
-                .with_context(|| format!("no timestamp in {line:?}"))?;
-            out.push(ParkEvent {
-                event: field("event=")?.to_string(),
-                queued: num("queued=")?,
-                requests: num("requests=")?,
-                sport: field("sport=")?
-                    .parse()
-                    .with_context(|| format!("sport in {line:?}"))?,
-                cookie: field("sock_cookie=")?.to_string(),
-                at,
-            });
+            out.push(park_event(line)?);
         }
         Ok(out)
     }
@@ -206,6 +182,34 @@ impl Trace {
     }
 }
 
+/// One `tcp_reuseport_park` line of the trace file.
+fn park_event(line: &str) -> Result<ParkEvent> {
+    let field = |key: &str| field(line, key).with_context(|| format!("no {key} in {line:?}"));
+    let num = |key: &str| -> Result<u32> {
+        field(key)?
+            .parse()
+            .with_context(|| format!("{key} in {line:?}"))
+    };
+    // "... [000] ..... 123.456789: tcp_reuseport_park: ..."
+    let at = line
+        .split_whitespace()
+        .take_while(|w| !w.starts_with("tcp_reuseport_park"))
+        .last()
+        .and_then(|w| w.strip_suffix(':'))
+        .and_then(|w| w.parse().ok())
+        .with_context(|| format!("no timestamp in {line:?}"))?;
+    Ok(ParkEvent {
+        event: field("event=")?.to_string(),
+        queued: num("queued=")?,
+        requests: num("requests=")?,
+        sport: field("sport=")?
+            .parse()
+            .with_context(|| format!("sport in {line:?}"))?,
+        cookie: field("sock_cookie=")?.to_string(),
+        at,
+    })
+}
+
 /// The value of the `key=value` word `key` of a trace line.
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split_whitespace().find_map(|w| w.strip_prefix(key))
@@ -216,5 +220,30 @@ impl Drop for Trace {
         for ev in self.events() {
             let _ = self.write(&format!("{ev}/enable"), "0");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A line as the new series' tracefs prints it (kworker of
+    /// system_unbound_wq, an expiry).
+    const LINE: &str = "  kworker/u8:2-41      [000] b..1.  1402.915342: tcp_reuseport_park: \
+        family=AF_INET6 sport=41577 saddr=0.0.0.0 daddr=0.0.0.0 saddrv6=::1 daddrv6=:: \
+        sock_cookie=2f event=expired queued=4 requests=0 sk=00000000c0ffee00";
+
+    #[test]
+    fn parses_a_park_line() {
+        let e = park_event(LINE).expect("parses");
+        assert_eq!(e.to_string(), "expired queued=4 requests=0");
+        assert_eq!((e.sport, e.cookie.as_str()), (41577, "2f"));
+        assert!((e.at - 1402.915342).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_line_without_a_field_is_an_error() {
+        let cut = LINE.replace("queued=4 ", "");
+        assert!(park_event(&cut).is_err());
     }
 }
