@@ -213,15 +213,18 @@ pub fn park_destroyed_by_ss_k(fam: Family, kernel: Kernel) -> Result<()> {
         );
         all_failed_no_listener(&mut ck, kernel, &start, trace.as_ref(), QUEUED)?;
     }
-    note(&format!(
-        "ss -K destroyed {}: {}",
-        killed.len(),
-        killed
-            .join(" | ")
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ")
-    ));
+    match killed.is_empty() {
+        true => note("ss -K destroyed no listener"),
+        false => note(&format!(
+            "ss -K destroyed {}: {}",
+            killed.len(),
+            killed
+                .join(" | ")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        )),
+    }
     parks_off(kernel)?;
     drop((n, other, clients));
     idle.check(&mut ck, "at the end", event_timeout())?;
