@@ -178,6 +178,7 @@ const SINGLES: &[(&str, Single)] = &[
     ("sysctl_rejects_unknown", scenarios::sysctl_rejects_unknown),
     ("grace_rejects_unknown", scenarios::grace_rejects_unknown),
     ("park_bound_per_netns", scenarios::park_bound_per_netns),
+    ("park_bound_max_orphans", scenarios::park_bound_max_orphans),
     ("park_many_namespaces", scenarios::park_many_namespaces),
 ];
 

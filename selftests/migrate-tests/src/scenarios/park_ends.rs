@@ -945,6 +945,15 @@ fn in_init_netns<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'stat
 }
 
 impl MaxOrphans {
+    /// Exactly `n` while this lives.
+    fn exactly(n: u64) -> Result<MaxOrphans> {
+        in_init_netns(move || {
+            let old = std::fs::read_to_string(MAX_ORPHANS).context("read tcp_max_orphans")?;
+            std::fs::write(MAX_ORPHANS, n.to_string()).context("write tcp_max_orphans")?;
+            Ok(MaxOrphans(Some(old.trim().to_string())))
+        })
+    }
+
     fn at_least(n: u64) -> Result<MaxOrphans> {
         in_init_netns(move || {
             let old = std::fs::read_to_string(MAX_ORPHANS).context("read tcp_max_orphans")?;
@@ -1060,6 +1069,93 @@ pub fn park_bound_per_netns(kernel: Kernel) -> Result<()> {
         events_text(&events_of(&ev, first)),
         park_and_end("cancelled", 0),
     );
+    drop(clients);
+    idle.check(&mut ck, "at the end", event_timeout())?;
+    ck.finish()
+}
+
+/// Parks made before tcp_max_orphans is lowered below them.
+const OVER_MAX_PARKS: u64 = 2;
+
+/// A park counts as an orphan and none is made over tcp_max_orphans:
+/// with two listeners parked, the bound is lowered to 1; once the kernel's
+/// cached orphan count has caught up (it is refreshed every 100 ms, and
+/// is seen to have when a childless probe listener's close stops
+/// parking), a listener with QUEUED children closes as on base: its
+/// children are reset at once, no park is counted or traced, its port is
+/// free. The parks made meanwhile are then all cancelled.
+pub fn park_bound_max_orphans(kernel: Kernel) -> Result<()> {
+    patched_only(kernel)?;
+    let fam = Family::V4;
+    let grace_ms = 20_000 * u64::from(time_scale());
+    set_grace(kernel, grace_ms)?;
+    let idle = Idle::settle()?;
+    let mut ck = Checks::new();
+    let start = TcpExt::read()?;
+    let parked = || -> Result<u64> { TcpExt::read()?.since(&start, PARKED) };
+    for i in 0..OVER_MAX_PARKS {
+        let g = Group::bind(fam, 1)?;
+        g.listen(0).with_context(|| format!("listener {i}"))?;
+    }
+    ck.eq(
+        "parks before the bound is lowered",
+        parked()?,
+        OVER_MAX_PARKS,
+    );
+    ck.gate("parked")?;
+    let bound = MaxOrphans::exactly(OVER_MAX_PARKS - 1)?;
+    // Each probe that still parks adds an orphan: the cache can only go
+    // further over the bound.
+    let mut probes = 0;
+    let caught_up = wait_until(event_timeout(), || {
+        let before = parked()?;
+        let g = Group::bind(fam, 1)?;
+        g.listen(0)?;
+        drop(g);
+        probes += 1;
+        Ok(parked()? == before)
+    })?;
+    ck.eq("a close over the bound did not park", caught_up, true);
+    ck.gate("over the bound")?;
+    let over = parked()?;
+
+    let mut last = Group::bind(fam, 1)?;
+    let trace = Trace::start(last.port)?;
+    let clients = children_on_l0(fam, &last, &mut ck, QUEUED)?;
+    last.stop(0, Stop::Close)?;
+    all_reset(
+        &mut ck,
+        "client fates of the listener over the bound",
+        &clients,
+    )?;
+    ck.eq("parks after its close", parked()?, over);
+    ck.eq(
+        "its park events",
+        events_text(&trace.park_events()?),
+        String::new(),
+    );
+    let free = fam.tcp_socket()?;
+    ck.eq(
+        "bind without SO_REUSEPORT to its port",
+        format!(
+            "{:?}",
+            free.bind(&fam.loopback(last.port).into())
+                .map_err(|e| e.raw_os_error())
+        ),
+        "Ok(())".to_string(),
+    );
+    drop((free, bound));
+    set_sysctl(GRACE, "0")?;
+    wait_ends(
+        &mut ck,
+        "after writing 0",
+        &start,
+        &[("parked", over), ("cancelled", over)],
+        event_timeout(),
+    )?;
+    note(&format!(
+        "{over} parks; probe listeners closed until one did not park over tcp_max_orphans=1: {probes}"
+    ));
     drop(clients);
     idle.check(&mut ck, "at the end", event_timeout())?;
     ck.finish()
