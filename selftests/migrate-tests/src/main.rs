@@ -138,6 +138,10 @@ const SCENARIOS: &[(&str, Scenario)] = &[
         scenarios::park_joiner_closes_before_adoption(f, k, false)
     }),
     ("park_netns_exit", scenarios::park_netns_exit),
+    (
+        "park_takes_a_closing_listeners_children",
+        scenarios::park_takes_a_closing_listeners_children,
+    ),
     ("park_destroyed_by_ss_k", scenarios::park_destroyed_by_ss_k),
     (
         "park_destroyed_by_bpf_iter",

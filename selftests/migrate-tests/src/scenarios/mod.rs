@@ -45,7 +45,10 @@ pub use park_ends::{
     park_joiner_bind_evicts_nothing, park_many_namespaces, park_netns_teardown,
     park_sysctl_lowered, park_sysctl_zero, Stranger,
 };
-pub use park_races::{park_expiry_vs_join, park_joiner_closes_before_adoption, park_netns_exit};
+pub use park_races::{
+    park_expiry_vs_join, park_joiner_closes_before_adoption, park_netns_exit,
+    park_takes_a_closing_listeners_children,
+};
 pub use queued_children::{incoming_cpu_children, queued_children};
 pub use stop_start::{
     grace_rejects_unknown, stop_start, stop_start_expired, stop_start_owner, stop_start_strangers,

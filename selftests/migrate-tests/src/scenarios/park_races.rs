@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::common::{children_on_l0, u};
+use super::common::{children_on_l0, close_on_other_cpu, join, u};
 use super::stop_start::{
     ends, ends_text, grace_ms, new_listener, parks_off, set_grace, wait_ends, JIFFY_SLACK, QUEUED,
 };
@@ -30,7 +30,7 @@ use crate::bpf::{Gate, GateAt};
 use crate::harness::{
     enter_fresh_netns, event_timeout, exchange, fates, ip, link_exists, lock_in_memory, note,
     pin_to_cpu, scaled, start_trace, wait_until, Checks, Client, Deadline, Family, Group, Idle,
-    Kernel, Netns, ParkEvent, Reason, Skip, Stop, TcpExt, Trace, UnboundWorkOn,
+    Kernel, Netns, ParkEvent, Reason, Skip, Stop, TcpExt, Trace, UnboundWorkOn, MIGRATE_OK,
 };
 
 pub(super) fn patched_only(kernel: Kernel) -> Result<()> {
@@ -288,6 +288,81 @@ pub fn park_joiner_closes_before_adoption(fam: Family, kernel: Kernel, l2: bool)
         (l1_closed_at - closed_at).as_millis()
     ));
     r.finish()
+}
+
+/// Two last listeners close at once: L0, with QUEUED children, closes
+/// while L1 still listens, so it does not park; the close gate holds it in
+/// tcp_set_state(TCP_CLOSE), still hashed with its children, and L1
+/// closes meanwhile and parks (L0 no longer counts as live). L0's close
+/// then goes on and hands its children to the park: they were never
+/// parked, so this is no chain. L2 listens and adopts the park: every
+/// child is served, each migrated twice (L0 to the park, the park to L2),
+/// one park, one adoption.
+pub fn park_takes_a_closing_listeners_children(fam: Family, kernel: Kernel) -> Result<()> {
+    patched_only(kernel)?;
+    lock_in_memory()?;
+    set_grace(kernel, grace_ms() * 5)?;
+    let idle = Idle::settle()?;
+    let mut ck = Checks::new();
+    let start = TcpExt::read()?;
+    let mut g = Group::bind(fam, 2)?;
+    let port = g.port;
+    let trace = start_trace(kernel, port)?.context("the patched kernel has the tracepoint")?;
+    let clients = children_on_l0(fam, &g, &mut ck, QUEUED)?;
+    g.listen(1)?;
+    let gate = Gate::attach(GateAt::Close)?;
+    gate.arm(port)?;
+    // The gate spins with interrupts off on the closing thread's CPU (0);
+    // this thread goes on from CPU 1.
+    let closing = close_on_other_cpu(&mut g, 0)?;
+    gate.wait_holding()?;
+    g.stop(1, Stop::Close)?;
+    wait_ends(
+        &mut ck,
+        "after L1's close, L0's held",
+        &start,
+        &[("parked", 1)],
+        event_timeout(),
+    )?;
+    gate.release()?;
+    join(closing)?;
+    ck.gate("L1 parked while L0 closed")?;
+    let moved = wait_until(event_timeout(), || {
+        Ok(TcpExt::read()?.since(&start, MIGRATE_OK)? == u(QUEUED))
+    })?;
+    ck.eq("L0's children moved to the park", moved, true);
+    ck.gate("L0 closed")?;
+
+    let l2 = new_listener(fam, port)?;
+    let acc = l2.accept_all(QUEUED)?;
+    ck.eq("accepted by L2", acc.len(), QUEUED);
+    exchange(&clients, &acc)?.check_all_served(&mut ck, QUEUED);
+    wait_ends(
+        &mut ck,
+        "at the end",
+        &start,
+        &[("parked", 1), ("adopted", 1)],
+        event_timeout(),
+    )?;
+    let now = ck.reasons(kernel, &start, Some(&trace), "child", &[])?;
+    ck.migrations("", &start, &now, u(2 * QUEUED), 0)?;
+    ck.eq(
+        "park events",
+        trace
+            .park_events()?
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        format!("parked queued=0 requests=0, adopted queued={QUEUED} requests=0"),
+    );
+    note(&format!(
+        "{QUEUED} children of the closing L0 went through L1's park to L2"
+    ));
+    parks_off(kernel)?;
+    drop((acc, l2, clients));
+    idle.check(&mut ck, "at the end", event_timeout())?;
+    ck.finish()
 }
 
 /// Which listener of a port an event is about: L0 is the first to park,
