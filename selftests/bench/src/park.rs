@@ -34,7 +34,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -852,6 +852,11 @@ fn adopt_in_ns(a: &AdoptionArgs, k: u32, port: u16, parking: bool, room: u32) ->
         std::thread::sleep(Duration::from_millis(200));
         (None, None)
     };
+    // The parked listener's end comes a little after its last child moved:
+    // give the kworker time to get there before the trace stops.
+    if trace.is_some() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let (adopted, closed, task) = trace.map(Trace::finish).unwrap_or((None, None, None));
     let acceptable = tcp_queue_len(&l1)?;
     let moved = ext("TCPMigrateReqSuccess")? - moved0;
@@ -1051,6 +1056,26 @@ fn gap(a: &GapArgs) -> Result<Value> {
 /// close to the new listen() in ns.
 fn gap_once(a: &GapArgs, g: u64, port: u16, parking: bool) -> Result<(Vec<Client>, u64)> {
     let addr = Family::V4.addr(port);
+    // The clients' threads exist before the close (a TCG guest takes
+    // hundreds of ms to start 32 of them) and wait for its time.
+    type Go = Arc<(Mutex<Option<(Instant, u64)>>, Condvar)>;
+    let go: Go = Arc::new((Mutex::new(None), Condvar::new()));
+    let gap = Duration::from_millis(g);
+    let mut hs = Vec::new();
+    for i in 0..a.clients {
+        let go = go.clone();
+        let n = a.clients;
+        hs.push(std::thread::spawn(move || {
+            let (m, cv) = &*go;
+            let mut at = m.lock().unwrap_or_else(|e| e.into_inner());
+            while at.is_none() {
+                at = cv.wait(at).unwrap_or_else(|e| e.into_inner());
+            }
+            let (i_close, t_close) = at.expect("set");
+            drop(at);
+            one_client(addr, i_close + gap * i / n, t_close)
+        }));
+    }
     let stop0 = Arc::new(AtomicBool::new(false));
     let s0 = serve(
         worker::listener(Family::V4, port, a.backlog)?,
@@ -1071,15 +1096,10 @@ fn gap_once(a: &GapArgs, g: u64, port: u16, parking: bool) -> Result<(Vec<Client
     drop(l0);
     let t_close = now_ns();
     let i_close = Instant::now();
-    ensure!(
-        ext("TCPMigrateReqParked")? - parked0 == u64::from(parking),
-        "the close did not park as expected (parking {parking})"
-    );
-    let gap = Duration::from_millis(g);
-    let mut hs = Vec::new();
-    for i in 0..a.clients {
-        let at = i_close + gap * i / a.clients;
-        hs.push(std::thread::spawn(move || one_client(addr, at, t_close)));
+    {
+        let (m, cv) = &*go;
+        *m.lock().unwrap_or_else(|e| e.into_inner()) = Some((i_close, t_close));
+        cv.notify_all();
     }
     let now = Instant::now();
     if i_close + gap > now {
@@ -1096,6 +1116,10 @@ fn gap_once(a: &GapArgs, g: u64, port: u16, parking: bool) -> Result<(Vec<Client
                 .map_err(|_| anyhow::anyhow!("client thread panicked"))
         })
         .collect::<Result<_>>()?;
+    ensure!(
+        ext("TCPMigrateReqParked")? - parked0 == u64::from(parking),
+        "the close did not park as expected (parking {parking})"
+    );
     // Nothing parks at the close of the new listener.
     if parking {
         write_sysctl(GRACE, 0)?;
