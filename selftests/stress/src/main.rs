@@ -42,8 +42,8 @@ use anyhow::{anyhow, Context, Result};
 use clap::Parser;
 use migrate_tests::faults::{available, mount_debugfs, Injection, Injector, Kallsyms, Plan};
 use migrate_tests::harness::{
-    enter_fresh_netns, scaled, set_sysctl, time_scale, wait_until, Family, Reason, TcpExt,
-    MIGRATE_FAIL, MIGRATE_OK, MIGRATE_REQ,
+    enter_fresh_netns, scaled, set_sysctl, tcp_inuse, time_scale, wait_until, Family, Reason,
+    TcpExt, MIGRATE_FAIL, MIGRATE_OK, MIGRATE_REQ,
 };
 
 use crate::listeners::Pool;
@@ -274,24 +274,31 @@ fn world(cli: &Cli, seed: u64, stats: &Arc<Stats>) -> Result<World> {
         p.close_all();
     }
     drop(pools);
-    let _ = wait_until(scaled(Duration::from_secs(30)), || {
-        Ok(accounting::sockstat("TCP")?.get("inuse") == Some(&0))
-    })?;
-    // Nothing in use is nothing parked: every park has ended, once.
-    let idle = TcpExt::read()?;
-    let parks_ended = match idle.get(PARK_COUNTERS[0]) {
-        Ok(parked) => {
-            let mut ended = 0;
-            for name in &PARK_COUNTERS[1..] {
-                let n = idle.get(name)?;
-                counters.insert(format!("{name} at idle"), n);
-                ended += n;
-            }
-            counters.insert(format!("{} at idle", PARK_COUNTERS[0]), parked);
-            Some((parked, ended))
-        }
-        Err(_) => None,
+    // IPv4 and IPv6 sockets in use (sockstat and sockstat6): a park of
+    // the IPv6 group is an IPv6 socket.
+    let _ = wait_until(scaled(Duration::from_secs(30)), || Ok(tcp_inuse()? == 0))?;
+    // Nothing in use is nothing parked: every park has ended, once. The
+    // counters are read until they balance, and the last reading is
+    // reported when they do not within the bound.
+    let park_counts = |t: &TcpExt| -> Option<(u64, u64)> {
+        let parked = t.get(PARK_COUNTERS[0]).ok()?;
+        let ended = PARK_COUNTERS[1..]
+            .iter()
+            .map(|n| t.get(n).unwrap_or(u64::MAX / 8))
+            .sum();
+        Some((parked, ended))
     };
+    let mut idle = TcpExt::read()?;
+    let _ = wait_until(scaled(Duration::from_secs(10)), || {
+        idle = TcpExt::read()?;
+        Ok(park_counts(&idle).is_none_or(|(p, e)| p == e))
+    })?;
+    let parks_ended = park_counts(&idle);
+    if parks_ended.is_some() {
+        for name in PARK_COUNTERS {
+            counters.insert(format!("{name} at idle"), idle.get(name)?);
+        }
+    }
     Ok(World {
         counters,
         reasons_ok,
