@@ -612,7 +612,13 @@ pub fn run_storm(a: &RunArgs, migrate_req: Option<u32>) -> Result<Outcome> {
                     plan_done = events >= a.restarts.max(1);
                 }
             }
-            next = (next + every).max(Instant::now());
+            // A step that overran its period (a slow worker start under
+            // TCG) must still leave the new workers half a period to
+            // serve: otherwise the next hold begins as soon as they
+            // listen, and what they just adopted is parked and migrated
+            // again while its clients wait (stop 19's restart-loop
+            // timeouts, reproduced by scripts/bench's tracing).
+            next = (next + every).max(Instant::now() + every / 2);
             continue;
         }
         pool.housekeeping();
