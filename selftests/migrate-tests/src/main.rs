@@ -159,6 +159,10 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("park_evicted_by_other_addr", |f, k| {
         scenarios::park_evicted(f, k, scenarios::Stranger::OtherAddr)
     }),
+    (
+        "park_kept_by_disjoint_addr",
+        scenarios::park_kept_by_disjoint_addr,
+    ),
     ("park_evicted_by_other_dev", |f, k| {
         scenarios::park_evicted(f, k, scenarios::Stranger::OtherDev)
     }),

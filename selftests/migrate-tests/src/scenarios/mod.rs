@@ -42,8 +42,8 @@ pub use nomem::{nomem_at_close, nomem_in_flight, Alloc};
 pub use park_ends::{
     park_bound_max_orphans, park_bound_per_netns, park_destroyed_by_bpf_iter,
     park_destroyed_by_ss_k, park_ephemeral_bind_skips, park_evicted,
-    park_joiner_bind_evicts_nothing, park_many_namespaces, park_netns_teardown,
-    park_sysctl_lowered, park_sysctl_zero, Stranger,
+    park_joiner_bind_evicts_nothing, park_kept_by_disjoint_addr, park_many_namespaces,
+    park_netns_teardown, park_sysctl_lowered, park_sysctl_zero, Stranger,
 };
 pub use park_races::{
     park_expiry_vs_join, park_joiner_closes_before_adoption, park_netns_exit,

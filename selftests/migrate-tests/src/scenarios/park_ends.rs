@@ -607,8 +607,10 @@ pub enum Stranger {
     NoReuseport,
     /// SO_REUSEPORT, made by uid 65534 (the parked listener is root's)
     OtherUid,
-    /// SO_REUSEPORT, another local address (127.0.0.2, or fd78::2 added
-    /// to lo)
+    /// SO_REUSEPORT, another address that covers the parked one: the
+    /// wildcard (0.0.0.0, or a dual-stack [::]), where the parked listener
+    /// is on the loopback address. A disjoint address does not evict: see
+    /// park_kept_by_disjoint_addr().
     OtherAddr,
     /// SO_REUSEPORT, SO_BINDTODEVICE lo (the parked listener has none)
     OtherDev,
@@ -617,7 +619,7 @@ pub enum Stranger {
     V6only,
 }
 
-/// The second IPv6 address of lo for [`Stranger::OtherAddr`].
+/// The second IPv6 address of lo for park_kept_by_disjoint_addr().
 const OTHER_V6: Ipv6Addr = Ipv6Addr::new(0xfd78, 0, 0, 0, 0, 0, 0, 2);
 
 impl Stranger {
@@ -632,9 +634,10 @@ impl Stranger {
     /// Where the stranger binds.
     fn ip(self, fam: Family) -> IpAddr {
         match (self, fam) {
-            (Stranger::OtherAddr, Family::V4) => Ipv4Addr::new(127, 0, 0, 2).into(),
-            (Stranger::OtherAddr, Family::V6) => OTHER_V6.into(),
-            (Stranger::V6only, _) => Ipv6Addr::UNSPECIFIED.into(),
+            (Stranger::OtherAddr, Family::V4) => Ipv4Addr::UNSPECIFIED.into(),
+            (Stranger::OtherAddr, Family::V6) | (Stranger::V6only, _) => {
+                Ipv6Addr::UNSPECIFIED.into()
+            }
             _ => fam.loopback(0).ip(),
         }
     }
@@ -670,17 +673,6 @@ pub fn park_evicted(fam: Family, kernel: Kernel, who: Stranger) -> Result<()> {
         return Err(Skip("IPV6_V6ONLY is an IPv6 socket option".into()).into());
     }
     set_grace(kernel, grace_ms() * 5)?;
-    if who == Stranger::OtherAddr && fam == Family::V6 {
-        ip(&[
-            "-6",
-            "addr",
-            "add",
-            &format!("{OTHER_V6}/128"),
-            "dev",
-            "lo",
-            "nodad",
-        ])?;
-    }
     let idle = Idle::settle()?;
     let mut ck = Checks::new();
     let start = TcpExt::read()?;
@@ -805,6 +797,90 @@ pub fn park_joiner_bind_evicts_nothing(fam: Family, kernel: Kernel) -> Result<()
     }
     parks_off(kernel)?;
     drop((joiners, clients));
+    idle.check(&mut ck, "at the end", event_timeout())?;
+    ck.finish()
+}
+
+/// A listener of the parked port on an address that does not overlap the
+/// parked one (127.0.0.2, or fd78::2 added to lo, where the parked
+/// listener is on the loopback address) takes none of its connections, so
+/// it evicts nothing: a service restarting on one address is not
+/// disturbed by another one on the next address. The parked owner's new
+/// listener then adopts and serves every child. Base: the children were
+/// reset at the close.
+pub fn park_kept_by_disjoint_addr(fam: Family, kernel: Kernel) -> Result<()> {
+    set_grace(kernel, grace_ms() * 5)?;
+    let other: IpAddr = match fam {
+        Family::V4 => Ipv4Addr::new(127, 0, 0, 2).into(),
+        Family::V6 => {
+            ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{OTHER_V6}/128"),
+                "dev",
+                "lo",
+                "nodad",
+            ])?;
+            OTHER_V6.into()
+        }
+    };
+    let idle = Idle::settle()?;
+    let mut ck = Checks::new();
+    let start = TcpExt::read()?;
+    let mut g = Group::bind(fam, 1)?;
+    let port = g.port;
+    let trace = start_trace(kernel, port)?;
+    let clients = children_on_l0(fam, &g, &mut ck, QUEUED)?;
+    g.stop(0, Stop::Close)?;
+    if kernel == Kernel::Patched {
+        wait_ends(
+            &mut ck,
+            "after the close",
+            &start,
+            &[("parked", 1)],
+            event_timeout(),
+        )?;
+        ck.gate("parked")?;
+    }
+    let s = Stranger::NoReuseport.socket(fam)?;
+    let at = SocketAddr::new(other, port);
+    s.bind(&at.into())
+        .with_context(|| format!("bind of the neighbour to {at}"))?;
+    let neighbour = Group::of(fam, other, port, s);
+    neighbour.listen(0).context("the neighbour's listen")?;
+    // An eviction is claimed within bind() and listen(): nothing to wait for.
+    if kernel == Kernel::Patched {
+        ck.eq(
+            "parks after the neighbour's bind and listen",
+            ends(&start)?,
+            ends_text(&[("parked", 1)]),
+        );
+    }
+    let n = new_listener(fam, port)?;
+    match kernel {
+        Kernel::Patched => {
+            let acc = n.accept_all(QUEUED)?;
+            ck.eq("accepted by the owner's new listener", acc.len(), QUEUED);
+            crate::harness::exchange(&clients, &acc)?.check_all_served(&mut ck, QUEUED);
+            wait_ends(
+                &mut ck,
+                "after the owner's listen",
+                &start,
+                &[("parked", 1), ("adopted", 1)],
+                event_timeout(),
+            )?;
+            let ev = trace.as_ref().context("no trace")?.park_events()?;
+            ck.eq(
+                "park events",
+                events_text(&ev),
+                park_and_end("adopted", QUEUED),
+            );
+        }
+        Kernel::Base => all_reset(&mut ck, "client fates", &clients)?,
+    }
+    parks_off(kernel)?;
+    drop((n, neighbour, clients));
     idle.check(&mut ck, "at the end", event_timeout())?;
     ck.finish()
 }
