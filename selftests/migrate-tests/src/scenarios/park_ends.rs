@@ -810,6 +810,42 @@ pub fn park_joiner_bind_evicts_nothing(fam: Family, kernel: Kernel) -> Result<()
     ck.finish()
 }
 
+/// Patched: `n` (named `who`) accepts and serves the QUEUED `clients`,
+/// and the one park since `start` ended adopted, with its two events.
+/// Base: the clients were reset at the close.
+fn adopted_by(
+    kernel: Kernel,
+    n: &Group,
+    who: &str,
+    clients: &[Client],
+    start: &TcpExt,
+    trace: Option<&Trace>,
+    ck: &mut Checks,
+) -> Result<()> {
+    match kernel {
+        Kernel::Patched => {
+            let acc = n.accept_all(QUEUED)?;
+            ck.eq(&format!("accepted by {who}"), acc.len(), QUEUED);
+            crate::harness::exchange(clients, &acc)?.check_all_served(ck, QUEUED);
+            wait_ends(
+                ck,
+                &format!("after the listen of {who}"),
+                start,
+                &[("parked", 1), ("adopted", 1)],
+                event_timeout(),
+            )?;
+            let ev = trace.context("no trace")?.park_events()?;
+            ck.eq(
+                "park events",
+                events_text(&ev),
+                park_and_end("adopted", QUEUED),
+            );
+        }
+        Kernel::Base => all_reset(ck, "client fates", clients)?,
+    }
+    Ok(())
+}
+
 /// A listener of the parked port on an address that does not overlap the
 /// parked one (127.0.0.2, or fd78::2 added to lo, where the parked
 /// listener is on the loopback address) takes none of its connections, so
@@ -867,27 +903,15 @@ pub fn park_kept_by_disjoint_addr(fam: Family, kernel: Kernel) -> Result<()> {
         );
     }
     let n = new_listener(fam, port)?;
-    match kernel {
-        Kernel::Patched => {
-            let acc = n.accept_all(QUEUED)?;
-            ck.eq("accepted by the owner's new listener", acc.len(), QUEUED);
-            crate::harness::exchange(&clients, &acc)?.check_all_served(&mut ck, QUEUED);
-            wait_ends(
-                &mut ck,
-                "after the owner's listen",
-                &start,
-                &[("parked", 1), ("adopted", 1)],
-                event_timeout(),
-            )?;
-            let ev = trace.as_ref().context("no trace")?.park_events()?;
-            ck.eq(
-                "park events",
-                events_text(&ev),
-                park_and_end("adopted", QUEUED),
-            );
-        }
-        Kernel::Base => all_reset(&mut ck, "client fates", &clients)?,
-    }
+    adopted_by(
+        kernel,
+        &n,
+        "the owner's new listener",
+        &clients,
+        &start,
+        trace.as_ref(),
+        &mut ck,
+    )?;
     parks_off(kernel)?;
     drop((n, neighbour, clients));
     idle.check(&mut ck, "at the end", event_timeout())?;
@@ -977,27 +1001,15 @@ pub fn park_ephemeral_bind_skips(fam: Family, kernel: Kernel) -> Result<()> {
     write_sysctl(PORT_RANGE, &default_range).context("restore ip_local_port_range")?;
     ck.gate("ephemeral ports")?;
     let n = new_listener(fam, P)?;
-    match kernel {
-        Kernel::Patched => {
-            let acc = n.accept_all(QUEUED)?;
-            ck.eq("accepted by the new listener", acc.len(), QUEUED);
-            crate::harness::exchange(&clients, &acc)?.check_all_served(&mut ck, QUEUED);
-            wait_ends(
-                &mut ck,
-                "at the end",
-                &start,
-                &[("parked", 1), ("adopted", 1)],
-                event_timeout(),
-            )?;
-            let ev = trace.as_ref().context("no trace")?.park_events()?;
-            ck.eq(
-                "park events",
-                events_text(&ev),
-                park_and_end("adopted", QUEUED),
-            );
-        }
-        Kernel::Base => all_reset(&mut ck, "client fates", &clients)?,
-    }
+    adopted_by(
+        kernel,
+        &n,
+        "the new listener",
+        &clients,
+        &start,
+        trace.as_ref(),
+        &mut ck,
+    )?;
     parks_off(kernel)?;
     drop((n, clients));
     idle.check(&mut ck, "at the end", event_timeout())?;
