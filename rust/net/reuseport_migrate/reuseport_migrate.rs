@@ -256,31 +256,22 @@ pub unsafe extern "C" fn reuseport_migrate_choose(
     let c = unsafe { choice(&group, reuse, hash, migrate_req, bpf, selected) };
     match policy::quick(&&group, &c) {
         Some(answer) => result(answer),
-        // SAFETY: forwards the caller's guarantees.
-        None => unsafe { choose_scan(reuse, num_socks, hash, migrate_req, bpf, selected) },
+        None => choose_scan(&group, c),
     }
 }
 
 /// [`reuseport_migrate_choose`] when the choice needs a scan of the group.
 ///
-/// # Safety
-///
-/// As for [`reuseport_migrate_choose`].
+/// It takes the choice already made of the racy inputs (the group's
+/// `incoming_cpu`, the program's verdict), so both paths decide on one
+/// read of each.
 #[cold]
 #[inline(never)]
-unsafe extern "C" fn choose_scan(
-    reuse: *mut bindings::sock_reuseport,
-    num_socks: u16,
-    hash: u32,
-    migrate_req: u8,
-    bpf: bindings::reuseport_migrate_bpf,
-    selected: *mut bindings::sock,
+fn choose_scan<'a>(
+    group: &'a RcuGroup,
+    c: Choice<Listener<'a>>,
 ) -> bindings::reuseport_migrate_choice {
-    // SAFETY: the caller's guarantees are `RcuGroup::new`'s requirements.
-    let group = unsafe { RcuGroup::new(reuse, num_socks) };
-    // SAFETY: as above.
-    let c = unsafe { choice(&group, reuse, hash, migrate_req, bpf, selected) };
-    result(policy::choose(&&group, c))
+    result(policy::choose(&group, c))
 }
 
 // Keep the Rust and C reasons in step.
