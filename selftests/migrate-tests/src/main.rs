@@ -10,7 +10,7 @@
 use std::io::Read;
 use std::process::{Command, ExitCode, Stdio};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -358,9 +358,14 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    // Each test's wall time, for the summary of the slowest: what the CI
+    // budget goes to, on the debug flavour above all.
+    let mut took: Vec<(Duration, &str)> = Vec::with_capacity(tests.len());
     for t in &tests {
+        let start = Instant::now();
         let verdict =
             run_in_child(&t.name, cli.kernel).unwrap_or_else(|e| Verdict::Fail(format!("{e:#}")));
+        took.push((start.elapsed(), &t.name));
         match verdict {
             Verdict::Pass(notes) if notes.is_empty() => {
                 passed += 1;
@@ -380,6 +385,18 @@ fn main() -> ExitCode {
             }
         }
     }
+    took.sort_unstable_by(|a, b| b.cmp(a));
+    let slowest: Vec<String> = took
+        .iter()
+        .take(12)
+        .map(|(d, name)| format!("{name} {:.1} s", d.as_secs_f64()))
+        .collect();
+    let total: Duration = took.iter().map(|(d, _)| *d).sum();
+    println!(
+        "# {:.0} s in all; slowest: {}",
+        total.as_secs_f64(),
+        slowest.join(", ")
+    );
     if skipped > 0 {
         println!("# {passed} passed, {failed} failed, {skipped} skipped");
     } else {
