@@ -21,6 +21,7 @@ mod lost;
 mod nomem;
 mod park_ends;
 mod park_races;
+mod parked;
 mod queued_children;
 mod stop_start;
 mod sysctl_abi;

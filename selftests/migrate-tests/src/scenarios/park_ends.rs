@@ -26,9 +26,10 @@ use socket2::Socket;
 
 use super::common::{all_reset, as_uid, children_on_l0, join, serves_new_client, u};
 use super::park_races::{idle_netns_dismantled, patched_only, veth_addrs, veth_end_up, veth_to};
+use super::parked::{park_with_children, park_with_children_of, settled, Parked};
 use super::stop_start::{
-    ends, ends_text, grace_ms, new_listener, parks_off, set_grace, wait_ends, GRACE, JIFFY_SLACK,
-    PARKED, QUEUED,
+    ends, ends_text, grace_ms, new_listener, park_text, parks_off, plain_bind, served_or_reset,
+    set_grace, wait_ends, GRACE, JIFFY_SLACK, PARKED, QUEUED,
 };
 use crate::harness::{
     enter_fresh_netns, event_timeout, ip, link_exists, note, read_sysctl, scaled, set_sysctl,
@@ -36,14 +37,6 @@ use crate::harness::{
     Deadline, Family, Group, Idle, Kernel, Netns, ParkEvent, Reason, Skip, Stop, TcpExt, Trace,
     MIGRATE_FAIL, MIGRATE_OK,
 };
-
-/// The park events of one listener port, as one text.
-fn events_text(ev: &[ParkEvent]) -> String {
-    ev.iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
 
 /// The events of `port` only, for a trace that follows several ports.
 fn events_of(ev: &[ParkEvent], port: u16) -> Vec<ParkEvent> {
@@ -55,6 +48,14 @@ fn events_of(ev: &[ParkEvent], port: u16) -> Vec<ParkEvent> {
 /// what the listener still held when the end was decided.
 fn park_and_end(end: &str, n: usize) -> String {
     format!("parked queued={n} requests=0, {end} queued={n} requests=0")
+}
+
+/// The trace shows one park of QUEUED children and its `end`: its two
+/// events, checked as "park events".
+fn one_park_ended(ck: &mut Checks, trace: Option<&Trace>, end: &str) -> Result<()> {
+    let ev = trace.context("no trace")?.park_events()?;
+    ck.eq("park events", park_text(&ev), park_and_end(end, QUEUED));
+    Ok(())
 }
 
 /// How long a park lasted by the trace's clock, from its `parked` event to
@@ -140,16 +141,9 @@ fn long_grace_ms(ms: u64) -> u64 {
 /// the children were reset at close, ss finds no listener to destroy.
 pub fn park_destroyed_by_ss_k(fam: Family, kernel: Kernel) -> Result<()> {
     let grace = Duration::from_millis(grace_ms() * 5);
-    set_grace(kernel, grace_ms() * 5)?;
-    let idle = Idle::settle()?;
-    let mut ck = Checks::new();
-    let start = TcpExt::read()?;
-    let mut g = Group::bind(fam, 1)?;
-    let port = g.port;
-    let trace = start_trace(kernel, port)?;
-    let clients = children_on_l0(fam, &g, &mut ck, QUEUED)?;
-    g.stop(0, Stop::Close)?;
-    let closed_at = Instant::now();
+    let mut p = Parked::queue(fam, kernel, grace_ms() * 5, || Group::bind(fam, 1))?;
+    let closed_at = p.close()?;
+    let (idle, mut ck, start, port, trace, clients) = p.parts();
     if kernel == Kernel::Patched {
         // Only the counter the old series has too, until ss -K has run:
         // there, the destroy freed the listener under its park.
@@ -183,17 +177,11 @@ pub fn park_destroyed_by_ss_k(fam: Family, kernel: Kernel) -> Result<()> {
 
     // The destroyed listener gave its port up: a socket without
     // SO_REUSEPORT, which a leftover listener would refuse, binds it.
-    let free = fam.tcp_socket()?;
     ck.eq(
         "bind without SO_REUSEPORT after the destroy",
-        format!(
-            "{:?}",
-            free.bind(&fam.loopback(port).into())
-                .map_err(|e| e.raw_os_error())
-        ),
+        plain_bind(fam, port)?,
         "Ok(())".to_string(),
     );
-    drop(free);
     // The destroyed listener is out of the hash: listens elsewhere and on
     // its own port go through the code that walks it.
     let other = Group::bind(fam, 1).context("bind another port")?;
@@ -214,12 +202,7 @@ pub fn park_destroyed_by_ss_k(fam: Family, kernel: Kernel) -> Result<()> {
             ends(&start)?,
             ends_text(&[("parked", 1), ("destroyed", 1)]),
         );
-        let ev = trace.as_ref().context("no trace")?.park_events()?;
-        ck.eq(
-            "park events",
-            events_text(&ev),
-            park_and_end("destroyed", QUEUED),
-        );
+        one_park_ended(&mut ck, trace.as_ref(), "destroyed")?;
         all_failed_no_listener(&mut ck, kernel, &start, trace.as_ref(), QUEUED)?;
     }
     match killed.is_empty() {
@@ -351,7 +334,7 @@ pub fn park_netns_teardown(fam: Family, kernel: Kernel) -> Result<()> {
             let ev = trace.park_events()?;
             ck.eq(
                 "park events",
-                events_text(&ev),
+                park_text(&ev),
                 park_and_end("expired", QUEUED),
             );
             if let Some(held) = parked_for(&ev) {
@@ -429,10 +412,7 @@ pub fn park_sysctl_lowered(fam: Family, kernel: Kernel) -> Result<()> {
     let (old_ms, new_ms, apart_ms) = (long_grace_ms(10_000), 1000 * scale, 2000 * scale);
     let old = Duration::from_millis(old_ms);
     let new = Duration::from_millis(new_ms);
-    set_grace(kernel, old_ms)?;
-    let idle = Idle::settle()?;
-    let mut ck = Checks::new();
-    let start = TcpExt::read()?;
+    let (idle, mut ck, start) = settled(kernel, old_ms)?;
     let mut a = OnePark::listen(fam, &mut ck, SYSCTL_CHILDREN)?;
     let mut b = OnePark::listen(fam, &mut ck, SYSCTL_CHILDREN)?;
     let trace = Trace::start_ports(&[a.g.port, b.g.port])?;
@@ -481,12 +461,12 @@ pub fn park_sysctl_lowered(fam: Family, kernel: Kernel) -> Result<()> {
     let (ea, eb) = (events_of(&ev, a.g.port), events_of(&ev, b.g.port));
     ck.eq(
         "A's park events",
-        events_text(&ea),
+        park_text(&ea),
         park_and_end("cancelled", SYSCTL_CHILDREN),
     );
     ck.eq(
         "B's park events",
-        events_text(&eb),
+        park_text(&eb),
         park_and_end("expired", SYSCTL_CHILDREN),
     );
     if let (Some(ha), Some(hb)) = (parked_for(&ea), parked_for(&eb)) {
@@ -523,10 +503,7 @@ pub fn park_sysctl_zero(fam: Family, kernel: Kernel) -> Result<()> {
     patched_only(kernel)?;
     let old_ms = long_grace_ms(10_000);
     let old = Duration::from_millis(old_ms);
-    set_grace(kernel, old_ms)?;
-    let idle = Idle::settle()?;
-    let mut ck = Checks::new();
-    let start = TcpExt::read()?;
+    let (idle, mut ck, start) = settled(kernel, old_ms)?;
     let mut parks = (0..PARKS)
         .map(|_| OnePark::listen(fam, &mut ck, SYSCTL_CHILDREN))
         .collect::<Result<Vec<_>>>()?;
@@ -578,7 +555,7 @@ pub fn park_sysctl_zero(fam: Family, kernel: Kernel) -> Result<()> {
         let e = events_of(&ev, p.g.port);
         ck.eq(
             &format!("park events of port {i}"),
-            events_text(&e),
+            park_text(&e),
             park_and_end("cancelled", SYSCTL_CHILDREN),
         );
         if let Some(h) = parked_for(&e) {
@@ -591,7 +568,7 @@ pub fn park_sysctl_zero(fam: Family, kernel: Kernel) -> Result<()> {
     }
     ck.eq(
         "park events of the listener closed after",
-        events_text(&events_of(&ev, last.g.port)),
+        park_text(&events_of(&ev, last.g.port)),
         String::new(),
     );
     all_failed_no_listener(
@@ -681,25 +658,11 @@ pub fn park_evicted(fam: Family, kernel: Kernel, who: Stranger) -> Result<()> {
     if who == Stranger::V6only && fam == Family::V4 {
         return Err(Skip("IPV6_V6ONLY is an IPv6 socket option".into()).into());
     }
-    set_grace(kernel, grace_ms() * 5)?;
-    let idle = Idle::settle()?;
-    let mut ck = Checks::new();
-    let start = TcpExt::read()?;
-    let mut g = Group::bind_at(fam, who.parked_ip(fam), None, &[None])?;
-    let port = g.port;
-    let trace = start_trace(kernel, port)?;
-    let clients = children_on_l0(fam, &g, &mut ck, QUEUED)?;
-    g.stop(0, Stop::Close)?;
-    if kernel == Kernel::Patched {
-        wait_ends(
-            &mut ck,
-            "after the close",
-            &start,
-            &[("parked", 1)],
-            event_timeout(),
-        )?;
-        ck.gate("parked")?;
-    }
+    let (idle, mut ck, start, port, trace, clients) =
+        park_with_children_of(fam, kernel, grace_ms() * 5, || {
+            Group::bind_at(fam, who.parked_ip(fam), None, &[None])
+        })?
+        .parts();
 
     let s = who.socket(fam)?;
     let at = SocketAddr::new(who.ip(fam), port);
@@ -729,12 +692,7 @@ pub fn park_evicted(fam: Family, kernel: Kernel, who: Stranger) -> Result<()> {
     n.listen(0).context("the stranger's listen")?;
     serves_new_client(fam, &n, &mut ck, 100)?;
     if kernel == Kernel::Patched {
-        let ev = trace.as_ref().context("no trace")?.park_events()?;
-        ck.eq(
-            "park events",
-            events_text(&ev),
-            park_and_end("evicted", QUEUED),
-        );
+        one_park_ended(&mut ck, trace.as_ref(), "evicted")?;
         all_failed_no_listener(&mut ck, kernel, &start, trace.as_ref(), QUEUED)?;
         ck.eq(
             "parks and ends at the end",
@@ -753,25 +711,8 @@ pub fn park_evicted(fam: Family, kernel: Kernel, who: Stranger) -> Result<()> {
 /// listening, changes nothing. Base: the binds succeed, the children were
 /// reset at the close.
 pub fn park_joiner_bind_evicts_nothing(fam: Family, kernel: Kernel) -> Result<()> {
-    set_grace(kernel, grace_ms() * 5)?;
-    let idle = Idle::settle()?;
-    let mut ck = Checks::new();
-    let start = TcpExt::read()?;
-    let mut g = Group::bind(fam, 1)?;
-    let port = g.port;
-    let trace = start_trace(kernel, port)?;
-    let clients = children_on_l0(fam, &g, &mut ck, QUEUED)?;
-    g.stop(0, Stop::Close)?;
-    if kernel == Kernel::Patched {
-        wait_ends(
-            &mut ck,
-            "after the close",
-            &start,
-            &[("parked", 1)],
-            event_timeout(),
-        )?;
-        ck.gate("parked")?;
-    }
+    let (idle, mut ck, start, port, trace, clients) =
+        park_with_children(fam, kernel, grace_ms() * 5)?.parts();
     let joiners = Group::bind_on(fam, Some(port), &[None, None]).context("the joiners' binds")?;
     if kernel == Kernel::Patched {
         ck.eq(
@@ -793,12 +734,7 @@ pub fn park_joiner_bind_evicts_nothing(fam: Family, kernel: Kernel) -> Result<()
                 &[("parked", 1), ("adopted", 1)],
                 event_timeout(),
             )?;
-            let ev = trace.as_ref().context("no trace")?.park_events()?;
-            ck.eq(
-                "park events",
-                events_text(&ev),
-                park_and_end("adopted", QUEUED),
-            );
+            one_park_ended(&mut ck, trace.as_ref(), "adopted")?;
             let now = ck.reasons(kernel, &start, trace.as_ref(), "child", &[])?;
             ck.migrations("", &start, &now, u(QUEUED), 0)?;
         }
@@ -822,26 +758,16 @@ fn adopted_by(
     trace: Option<&Trace>,
     ck: &mut Checks,
 ) -> Result<()> {
-    match kernel {
-        Kernel::Patched => {
-            let acc = n.accept_all(QUEUED)?;
-            ck.eq(&format!("accepted by {who}"), acc.len(), QUEUED);
-            crate::harness::exchange(clients, &acc)?.check_all_served(ck, QUEUED);
-            wait_ends(
-                ck,
-                &format!("after the listen of {who}"),
-                start,
-                &[("parked", 1), ("adopted", 1)],
-                event_timeout(),
-            )?;
-            let ev = trace.context("no trace")?.park_events()?;
-            ck.eq(
-                "park events",
-                events_text(&ev),
-                park_and_end("adopted", QUEUED),
-            );
-        }
-        Kernel::Base => all_reset(ck, "client fates", clients)?,
+    served_or_reset(kernel, n, who, clients, ck)?;
+    if kernel == Kernel::Patched {
+        wait_ends(
+            ck,
+            &format!("after the listen of {who}"),
+            start,
+            &[("parked", 1), ("adopted", 1)],
+            event_timeout(),
+        )?;
+        one_park_ended(ck, trace, "adopted")?;
     }
     Ok(())
 }
@@ -854,7 +780,6 @@ fn adopted_by(
 /// listener then adopts and serves every child. Base: the children were
 /// reset at the close.
 pub fn park_kept_by_disjoint_addr(fam: Family, kernel: Kernel) -> Result<()> {
-    set_grace(kernel, grace_ms() * 5)?;
     let other: IpAddr = match fam {
         Family::V4 => Ipv4Addr::new(127, 0, 0, 2).into(),
         Family::V6 => {
@@ -870,24 +795,8 @@ pub fn park_kept_by_disjoint_addr(fam: Family, kernel: Kernel) -> Result<()> {
             OTHER_V6.into()
         }
     };
-    let idle = Idle::settle()?;
-    let mut ck = Checks::new();
-    let start = TcpExt::read()?;
-    let mut g = Group::bind(fam, 1)?;
-    let port = g.port;
-    let trace = start_trace(kernel, port)?;
-    let clients = children_on_l0(fam, &g, &mut ck, QUEUED)?;
-    g.stop(0, Stop::Close)?;
-    if kernel == Kernel::Patched {
-        wait_ends(
-            &mut ck,
-            "after the close",
-            &start,
-            &[("parked", 1)],
-            event_timeout(),
-        )?;
-        ck.gate("parked")?;
-    }
+    let (idle, mut ck, start, port, trace, clients) =
+        park_with_children(fam, kernel, grace_ms() * 5)?.parts();
     let s = Stranger::NoReuseport.socket(fam)?;
     let at = SocketAddr::new(other, port);
     s.bind(&at.into())
@@ -944,24 +853,11 @@ pub fn park_ephemeral_bind_skips(fam: Family, kernel: Kernel) -> Result<()> {
     // Below the default ephemeral range: no client's source port is P or
     // P+1, and the clients connect before the range is narrowed.
     const P: u16 = 30_000;
-    set_grace(kernel, grace_ms() * 5)?;
-    let idle = Idle::settle()?;
-    let mut ck = Checks::new();
-    let start = TcpExt::read()?;
-    let mut g = Group::bind_on(fam, Some(P), &[None])?;
-    let trace = start_trace(kernel, P)?;
-    let clients = children_on_l0(fam, &g, &mut ck, QUEUED)?;
-    g.stop(0, Stop::Close)?;
-    if kernel == Kernel::Patched {
-        wait_ends(
-            &mut ck,
-            "after the close",
-            &start,
-            &[("parked", 1)],
-            event_timeout(),
-        )?;
-        ck.gate("parked")?;
-    }
+    let (idle, mut ck, start, _, trace, clients) =
+        park_with_children_of(fam, kernel, grace_ms() * 5, || {
+            Group::bind_on(fam, Some(P), &[None])
+        })?
+        .parts();
     let default_range = read_sysctl(PORT_RANGE)?;
     write_sysctl(PORT_RANGE, &format!("{P} {}", P + 1)).context("narrow ip_local_port_range")?;
     let range = read_sysctl(PORT_RANGE)?;
@@ -1088,10 +984,7 @@ pub fn park_bound_per_netns(kernel: Kernel) -> Result<()> {
     let grace_ms = long_grace_ms(10_000);
     let grace = Duration::from_millis(grace_ms);
     let _orphans = MaxOrphans::at_least(4 * PARK_BOUND as u64)?;
-    set_grace(kernel, grace_ms)?;
-    let idle = Idle::settle()?;
-    let mut ck = Checks::new();
-    let start = TcpExt::read()?;
+    let (idle, mut ck, start) = settled(kernel, grace_ms)?;
     // The first park and the 257th listener are traced from the start.
     let mut last = Group::bind(fam, 1)?;
     let port = last.port;
@@ -1133,22 +1026,16 @@ pub fn park_bound_per_netns(kernel: Kernel) -> Result<()> {
         ends(&start)?,
         ends_text(&[("parked", u(PARK_BOUND))]),
     );
-    let free = fam.tcp_socket()?;
     ck.eq(
         "bind without SO_REUSEPORT to the 257th's port",
-        format!(
-            "{:?}",
-            free.bind(&fam.loopback(port).into())
-                .map_err(|e| e.raw_os_error())
-        ),
+        plain_bind(fam, port)?,
         "Ok(())".to_string(),
     );
-    drop(free);
     all_failed_no_listener(&mut ck, kernel, &start, None, QUEUED)?;
     let ev = trace.park_events()?;
     ck.eq(
         "park events of the 257th",
-        events_text(&events_of(&ev, port)),
+        park_text(&events_of(&ev, port)),
         String::new(),
     );
 
@@ -1163,7 +1050,7 @@ pub fn park_bound_per_netns(kernel: Kernel) -> Result<()> {
     let ev = trace.park_events()?;
     ck.eq(
         "park events of the first",
-        events_text(&events_of(&ev, first)),
+        park_text(&events_of(&ev, first)),
         park_and_end("cancelled", 0),
     );
     drop(clients);
@@ -1185,10 +1072,7 @@ pub fn park_bound_max_orphans(kernel: Kernel) -> Result<()> {
     patched_only(kernel)?;
     let fam = Family::V4;
     let grace_ms = long_grace_ms(20_000);
-    set_grace(kernel, grace_ms)?;
-    let idle = Idle::settle()?;
-    let mut ck = Checks::new();
-    let start = TcpExt::read()?;
+    let (idle, mut ck, start) = settled(kernel, grace_ms)?;
     let parked = || -> Result<u64> { TcpExt::read()?.since(&start, PARKED) };
     for i in 0..OVER_MAX_PARKS {
         let g = Group::bind(fam, 1)?;
@@ -1228,20 +1112,15 @@ pub fn park_bound_max_orphans(kernel: Kernel) -> Result<()> {
     ck.eq("parks after its close", parked()?, over);
     ck.eq(
         "its park events",
-        events_text(&trace.park_events()?),
+        park_text(&trace.park_events()?),
         String::new(),
     );
-    let free = fam.tcp_socket()?;
     ck.eq(
         "bind without SO_REUSEPORT to its port",
-        format!(
-            "{:?}",
-            free.bind(&fam.loopback(last.port).into())
-                .map_err(|e| e.raw_os_error())
-        ),
+        plain_bind(fam, last.port)?,
         "Ok(())".to_string(),
     );
-    drop((free, bound));
+    drop(bound);
     set_sysctl(GRACE, "0")?;
     wait_ends(
         &mut ck,

@@ -23,8 +23,10 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::common::{children_on_l0, close_on_other_cpu, join, u};
+use super::parked::Parked;
 use super::stop_start::{
-    ends, ends_text, grace_ms, new_listener, parks_off, set_grace, wait_ends, JIFFY_SLACK, QUEUED,
+    ends, ends_text, grace_ms, new_listener, park_text, parks_off, set_grace, wait_ends,
+    JIFFY_SLACK, QUEUED,
 };
 use crate::bpf::{Gate, GateAt};
 use crate::harness::{
@@ -63,16 +65,18 @@ impl Race {
     fn new(fam: Family, kernel: Kernel, grace: u64, at: GateAt) -> Result<Race> {
         patched_only(kernel)?;
         lock_in_memory()?;
-        set_grace(kernel, grace)?;
         // The park-work gate holds whatever park's work comes first: an
-        // earlier test's must be over.
-        let idle = Idle::settle()?;
+        // earlier test's must be over (Idle::settle() waits for it).
+        let Parked {
+            idle,
+            ck,
+            start,
+            g,
+            trace,
+            clients,
+            ..
+        } = Parked::queue(fam, kernel, grace, || Group::bind(fam, 1))?;
         let work = UnboundWorkOn::new(0)?;
-        let mut ck = Checks::new();
-        let start = TcpExt::read()?;
-        let g = Group::bind(fam, 1)?;
-        let trace = start_trace(kernel, g.port)?;
-        let clients = children_on_l0(fam, &g, &mut ck, QUEUED)?;
         let gate = Gate::attach(at)?;
         pin_to_cpu(1)?;
         Ok(Race {
@@ -301,14 +305,17 @@ pub fn park_joiner_closes_before_adoption(fam: Family, kernel: Kernel, l2: bool)
 pub fn park_takes_a_closing_listeners_children(fam: Family, kernel: Kernel) -> Result<()> {
     patched_only(kernel)?;
     lock_in_memory()?;
-    set_grace(kernel, grace_ms() * 5)?;
-    let idle = Idle::settle()?;
-    let mut ck = Checks::new();
-    let start = TcpExt::read()?;
-    let mut g = Group::bind(fam, 2)?;
-    let port = g.port;
-    let trace = start_trace(kernel, port)?.context("the patched kernel has the tracepoint")?;
-    let clients = children_on_l0(fam, &g, &mut ck, QUEUED)?;
+    let Parked {
+        idle,
+        mut ck,
+        start,
+        mut g,
+        port,
+        trace,
+        clients,
+        ..
+    } = Parked::queue(fam, kernel, grace_ms() * 5, || Group::bind(fam, 2))?;
+    let trace = trace.context("the patched kernel has the tracepoint")?;
     g.listen(1)?;
     let gate = Gate::attach(GateAt::Close)?;
     gate.arm(port)?;
@@ -348,12 +355,7 @@ pub fn park_takes_a_closing_listeners_children(fam: Family, kernel: Kernel) -> R
     ck.migrations("", &start, &now, u(2 * QUEUED), 0)?;
     ck.eq(
         "park events",
-        trace
-            .park_events()?
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", "),
+        park_text(&trace.park_events()?),
         format!("parked queued=0 requests=0, adopted queued={QUEUED} requests=0"),
     );
     note(&format!(

@@ -14,11 +14,12 @@ use anyhow::{Context, Result};
 use super::common::{
     all_reset, as_uid, caused_by, children_on_l0, connect_greet, serves_new_client, u,
 };
+use super::parked::{park_with_children, Parked};
 use super::sysctl_abi::write_outcome;
 use crate::bpf::HoldAck;
 use crate::harness::{
     event_timeout, exchange, fates, note, read_sysctl, scaled, set_migrate_req, set_sysctl,
-    start_trace, tcp_inuse, time_scale, wait_until, Checks, Client, Deadline, Family, Group, Idle,
+    start_trace, tcp_inuse, time_scale, wait_until, Checks, Client, Deadline, Family, Group,
     Kernel, ParkEvent, Reason, Stop, TcpExt, Trace, MIGRATE_FAIL, MIGRATE_OK,
 };
 
@@ -152,11 +153,11 @@ pub(super) fn new_listener(fam: Family, port: u16) -> Result<Group> {
 
 /// What `park_one` leaves: the closed group, its queued and its
 /// in-flight clients, and the trace of its port (None on base).
-type Parked = (Group, Vec<Client>, Vec<Client>, Option<Trace>);
+type ParkedOne = (Group, Vec<Client>, Vec<Client>, Option<Trace>);
 
 /// QUEUED children wait in L0's accept queue and IN_FLIGHT handshakes
 /// miss their final ACK (it comes with the hello, later); then L0 closes.
-fn park_one(fam: Family, kernel: Kernel, ck: &mut Checks) -> Result<Parked> {
+fn park_one(fam: Family, kernel: Kernel, ck: &mut Checks) -> Result<ParkedOne> {
     let mut g = Group::bind(fam, 1)?;
     let trace = start_trace(kernel, g.port)?;
     let queued = children_on_l0(fam, &g, ck, QUEUED)?;
@@ -308,17 +309,11 @@ pub fn stop_start_expired(fam: Family, kernel: Kernel) -> Result<()> {
     let back = wait_until(event_timeout(), || Ok(tcp_inuse()? == idle))?;
     ck.eq("TCP sockets in use back to idle", back, true);
     // The port is free again: a socket without SO_REUSEPORT may take it.
-    let s = fam.tcp_socket()?;
     ck.eq(
         "bind without SO_REUSEPORT after expiry",
-        format!(
-            "{:?}",
-            s.bind(&fam.loopback(g.port).into())
-                .map_err(|e| e.raw_os_error())
-        ),
+        plain_bind(fam, g.port)?,
         "Ok(())".to_string(),
     );
-    drop(s);
     if kernel == Kernel::Patched {
         let now = TcpExt::read()?;
         ck.eq(PARKED, now.since(&start, PARKED)?, 1);
@@ -336,6 +331,18 @@ pub fn stop_start_expired(fam: Family, kernel: Kernel) -> Result<()> {
         );
     }
     ck.finish()
+}
+
+/// What bind(2) of a socket without SO_REUSEPORT to `port` answered, as
+/// the Debug text of `Result<(), Option<errno>>`: `Ok(())` once nothing
+/// holds the port.
+pub(super) fn plain_bind(fam: Family, port: u16) -> Result<String> {
+    let s = fam.tcp_socket()?;
+    Ok(format!(
+        "{:?}",
+        s.bind(&fam.loopback(port).into())
+            .map_err(|e| e.raw_os_error())
+    ))
 }
 
 /// What bind(2) answered to a socket of `uid` (None: this thread's, root)
@@ -361,39 +368,22 @@ fn bind_outcome(fam: Family, port: u16, uid: Option<u32>, reuseport: bool) -> Re
 /// the parked listener rather than refuse what base allows.
 const BIND_OK: &str = "Ok(())";
 
-/// L0 listens alone with QUEUED children queued, then closes.
-fn close_with_children(fam: Family, g: &mut Group, ck: &mut Checks) -> Result<Vec<Client>> {
-    let clients = children_on_l0(fam, g, ck, QUEUED)?;
-    g.stop(0, Stop::Close)?;
-    Ok(clients)
-}
-
-/// Patched: the new listener `n` accepts and serves every one of the
-/// QUEUED `clients`, in one adoption since `start`. Base: they were all
-/// reset at the close.
-fn adopted_or_reset(
+/// Patched: the new listener `n` (named `who`) accepts and serves every
+/// one of the QUEUED `clients`. Base: they were all reset at the close.
+pub(super) fn served_or_reset(
     kernel: Kernel,
     n: &Group,
+    who: &str,
     clients: &[Client],
-    start: &TcpExt,
     ck: &mut Checks,
 ) -> Result<()> {
     match kernel {
         Kernel::Patched => {
             let acc = n.accept_all(QUEUED)?;
-            ck.eq("accepted by the owner's new listener", acc.len(), QUEUED);
+            ck.eq(&format!("accepted by {who}"), acc.len(), QUEUED);
             exchange(clients, &acc)?.check_all_served(ck, QUEUED);
-            let now = TcpExt::read()?;
-            ck.eq(ADOPTED, now.since(start, ADOPTED)?, 1);
         }
-        Kernel::Base => {
-            let f = fates(clients, Deadline::after(event_timeout()))?;
-            ck.eq(
-                "client fates",
-                f.to_string(),
-                format!("data=0 reset={QUEUED} eof=0 silent=0 error=0"),
-            );
-        }
+        Kernel::Base => all_reset(ck, "client fates", clients)?,
     }
     Ok(())
 }
@@ -404,24 +394,8 @@ fn adopted_or_reset(
 /// a socket without SO_REUSEPORT too, and a listener bound to another
 /// device serves new clients there.
 pub fn stop_start_strangers(fam: Family, kernel: Kernel) -> Result<()> {
-    set_grace(kernel, grace_ms() * 5)?;
-    let idle = Idle::settle()?;
-    let mut ck = Checks::new();
-    let start = TcpExt::read()?;
-    let mut g = Group::bind(fam, 1)?;
-    let port = g.port;
-    let trace = start_trace(kernel, port)?;
-    let clients = close_with_children(fam, &mut g, &mut ck)?;
-    if kernel == Kernel::Patched {
-        wait_ends(
-            &mut ck,
-            "after the close",
-            &start,
-            &[("parked", 1)],
-            event_timeout(),
-        )?;
-        ck.gate("parked")?;
-    }
+    let (idle, mut ck, start, port, trace, clients) =
+        park_with_children(fam, kernel, grace_ms() * 5)?.parts();
 
     ck.eq(
         "bind of uid 65534 with SO_REUSEPORT",
@@ -519,17 +493,18 @@ pub fn grace_rejects_unknown(kernel: Kernel) -> Result<()> {
 /// close, root's bind succeeds).
 pub fn stop_start_owner(fam: Family, kernel: Kernel) -> Result<()> {
     const OWNER: u32 = 65534;
-    set_grace(kernel, grace_ms() * 5)?;
-    let idle = Idle::settle()?;
-    let mut ck = Checks::new();
-    let start = TcpExt::read()?;
     // The socket's owner is who made it; root's listen() does not change it.
-    let mut g = as_uid(OWNER, move || Group::bind(fam, 1))?;
-    let port = g.port;
-    let trace = start_trace(kernel, port)?;
-    let first = close_with_children(fam, &mut g, &mut ck)?;
+    let mut p = Parked::queue(fam, kernel, grace_ms() * 5, || {
+        as_uid(OWNER, move || Group::bind(fam, 1))
+    })?;
+    p.close()?;
+    let (idle, mut ck, start, port, trace, first) = p.parts();
     let mut n = as_uid(OWNER, move || new_listener(fam, port))?;
-    adopted_or_reset(kernel, &n, &first, &start, &mut ck)?;
+    served_or_reset(kernel, &n, "the owner's new listener", &first, &mut ck)?;
+    if kernel == Kernel::Patched {
+        let now = TcpExt::read()?;
+        ck.eq(ADOPTED, now.since(&start, ADOPTED)?, 1);
+    }
     ck.gate("the owner's adoption")?;
 
     // The owner's new listener closes with children of its own, and
