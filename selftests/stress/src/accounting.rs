@@ -7,6 +7,11 @@ use std::fs;
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use migrate_tests::harness::slab_objects_of;
+
+// The tests' reading of /proc/thread-self/net/sockstat: one line as
+// name -> value, e.g. `TCP` -> {inuse, orphan, tw, alloc, mem}.
+pub use migrate_tests::harness::sockstat;
 
 /// The caches whose objects the migration paths allocate and free.
 pub const CACHES: &[&str] = &[
@@ -18,47 +23,11 @@ pub const CACHES: &[&str] = &[
     "tw_sock_TCPv6",
 ];
 
-/// Objects in use per cache, after the caches were shrunk (which also
-/// empties KASAN's quarantine of them, so freed objects do not count).
-/// Empty when the kernel has no /sys/kernel/slab (no SLUB_DEBUG).
+/// Objects in use per cache of [`CACHES`], after the caches were shrunk
+/// (which also empties KASAN's quarantine of them, so freed objects do
+/// not count). Empty when the kernel does not show them (no SLUB_DEBUG).
 pub fn slab_objects() -> Result<BTreeMap<String, u64>> {
-    let mut out = BTreeMap::new();
-    for c in CACHES {
-        let dir = Path::new("/sys/kernel/slab").join(c);
-        if !dir.exists() {
-            continue;
-        }
-        let _ = fs::write(dir.join("shrink"), "1");
-        let text = fs::read_to_string(dir.join("objects"))
-            .with_context(|| format!("read {}/objects", dir.display()))?;
-        let n = text
-            .split_whitespace()
-            .next()
-            .and_then(|w| w.parse().ok())
-            .unwrap_or(u64::MAX);
-        out.insert(c.to_string(), n);
-    }
-    Ok(out)
-}
-
-/// One line of /proc/thread-self/net/sockstat as name -> value, e.g.
-/// `TCP` -> {inuse, orphan, tw, alloc, mem}.
-pub fn sockstat(proto: &str) -> Result<BTreeMap<String, u64>> {
-    let text = fs::read_to_string("/proc/thread-self/net/sockstat")
-        .context("read /proc/thread-self/net/sockstat")?;
-    let mut out = BTreeMap::new();
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix(&format!("{proto}: ")) else {
-            continue;
-        };
-        let w: Vec<&str> = rest.split_whitespace().collect();
-        for pair in w.chunks(2) {
-            if let [k, v] = pair {
-                out.insert(k.to_string(), v.parse().unwrap_or(u64::MAX));
-            }
-        }
-    }
-    Ok(out)
+    slab_objects_of(CACHES)
 }
 
 const KMEMLEAK: &str = "/sys/kernel/debug/kmemleak";

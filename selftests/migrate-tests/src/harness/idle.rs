@@ -69,12 +69,17 @@ pub fn tcp_orphans() -> Result<u64> {
 /// The caches whose objects a park and its connections use.
 const CACHES: &[&str] = &["TCP", "TCPv6", "request_sock_TCP", "request_sock_TCPv6"];
 
-/// Objects in use per cache; empty when the kernel does not show them
-/// (`objects` needs SLUB_DEBUG). The caches are shrunk first, which also
-/// empties KASAN's quarantine of them.
+/// Objects in use per cache of [`CACHES`] (see [`slab_objects_of`]).
 pub fn slab_objects() -> Result<BTreeMap<String, u64>> {
+    slab_objects_of(CACHES)
+}
+
+/// Objects in use per cache of `caches`; empty when the kernel does not
+/// show them (`objects` needs SLUB_DEBUG). The caches are shrunk first,
+/// which also empties KASAN's quarantine of them.
+pub fn slab_objects_of(caches: &[&str]) -> Result<BTreeMap<String, u64>> {
     let mut out = BTreeMap::new();
-    for c in CACHES {
+    for c in caches {
         let dir = Path::new("/sys/kernel/slab").join(c);
         let objects = dir.join("objects");
         if !objects.exists() {

@@ -27,7 +27,7 @@ pub use counters::{
     read_sysctl, set_migrate_req, set_sysctl, write_sysctl, Reason, TcpExt, LISTEN_DROPS,
     LISTEN_OVERFLOWS, MIGRATE_FAIL, MIGRATE_OK, MIGRATE_REQ, SYNACK_RETRANS, TFO_PASSIVE,
 };
-pub use idle::{slab_objects, sockstat, tcp_inuse, tcp_orphans, Idle};
+pub use idle::{slab_objects, slab_objects_of, sockstat, tcp_inuse, tcp_orphans, Idle};
 pub use netns::{
     enter_fresh_netns, ip, link_exists, lock_in_memory, outrun_kworkers, pin_to_cpu, BusyCpu,
     Netns, TimersStayLocal, UnboundWorkOn,
