@@ -16,6 +16,11 @@
 //!   migrates it to B (or, with 0, drops it and the client gets a reset).
 //!   The time from the first send until B has accepted all migrated
 //!   children is measured.
+//! - `saturated`: as `children`, but instead of B the group holds
+//!   `--full-listeners` listeners whose accept queues are full (backlog 0,
+//!   one connection queued, never accepted). Every child then goes through
+//!   the load-aware search of `tcp_migrate_req=2` and finds no room: what
+//!   that search costs per child is the point.
 //!
 //! Every measurement is one JSON object of a JSON array on stdout (or in
 //! `--json`). The numbers are only compared between kernels of the same
@@ -45,6 +50,8 @@ enum Kind {
     Children,
     /// K requests in the closing listener's SYN queue.
     Handshakes,
+    /// K completed connections, and every other listener's queue full.
+    Saturated,
 }
 
 #[derive(Parser)]
@@ -69,9 +76,12 @@ struct Cli {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "children,handshakes"
+        default_value = "children,handshakes,saturated"
     )]
     kinds: Vec<Kind>,
+    /// `saturated`: the group's other listeners, each with a full queue.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    full_listeners: u32,
     /// Measurements per kind and K; the sample reported is the median one.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=50))]
     repeat: u32,
@@ -198,11 +208,27 @@ fn measure(cli: &Cli, kind: Kind, k: u32) -> Result<Sample> {
     // syncookies on, a full SYN queue would answer with cookies and keep
     // no request).
     let backlog = i32::try_from(k * 2).context("K too large")?;
+    let addr = SockAddr::from(cli.family.addr(PORT));
+    // saturated: the full listeners join first, each given one connection
+    // by a reuseport program that selects it; A joins last and gets the K.
+    let mut stalled = Vec::new();
+    if kind == Kind::Saturated {
+        for j in 0..cli.full_listeners {
+            let l = worker::listener(cli.family, PORT, 0)?;
+            select_slot(&l, j)?;
+            let c = Socket::new(addr.domain(), socket2::Type::STREAM, None)?;
+            c.connect_timeout(&addr, Duration::from_secs(5))
+                .with_context(|| format!("connect to full listener {j}"))?;
+            stalled.push((l, c));
+        }
+    }
     let a = worker::listener(cli.family, PORT, backlog)?;
+    if kind == Kind::Saturated {
+        select_slot(&a, cli.full_listeners)?;
+    }
     if kind == Kind::Handshakes {
         set_defer_accept(&a, 60)?;
     }
-    let addr = SockAddr::from(cli.family.addr(PORT));
     let mut clients = Vec::with_capacity(k as usize);
     for i in 0..k {
         let s = Socket::new(addr.domain(), socket2::Type::STREAM, None)?;
@@ -210,8 +236,14 @@ fn measure(cli: &Cli, kind: Kind, k: u32) -> Result<Sample> {
             .with_context(|| format!("connect {i} of {k}"))?;
         clients.push(s);
     }
-    // B joins only now: every connection belongs to A.
-    let b = worker::listener(cli.family, PORT, backlog)?;
+    // B joins only now: every connection belongs to A. In `saturated`, B
+    // is a stranger on another port, so that nothing has room.
+    let b_port = if kind == Kind::Saturated {
+        PORT + 1
+    } else {
+        PORT
+    };
+    let b = worker::listener(cli.family, b_port, backlog)?;
     b.set_nonblocking(true)?;
     let t0 = Instant::now();
     drop(a);
@@ -219,7 +251,7 @@ fn measure(cli: &Cli, kind: Kind, k: u32) -> Result<Sample> {
 
     let mut accepted = Vec::with_capacity(k as usize);
     let drain_ns = match kind {
-        Kind::Children => {
+        Kind::Children | Kind::Saturated => {
             accept_ready(&b, &mut accepted)?;
             None
         }
@@ -254,7 +286,7 @@ fn measure(cli: &Cli, kind: Kind, k: u32) -> Result<Sample> {
     let accepted_on_b = u32::try_from(accepted.len()).context("count")?;
     if migrate_req != Some(0) {
         ensure!(
-            accepted_on_b > 0 || kind == Kind::Children,
+            accepted_on_b > 0 || kind != Kind::Handshakes,
             "no handshake reached B within {DRAIN_LIMIT:?}"
         );
     }
@@ -285,6 +317,37 @@ fn accept_ready(b: &Socket, into: &mut Vec<Socket>) -> Result<()> {
             Err(e) => return Err(e).context("accept on B"),
         }
     }
+}
+
+/// Makes the group of `s` select its listener in slot `slot` for every new
+/// connection: a classic BPF reuseport program that returns that index.
+/// It is no migrate program, so migration still follows the sysctl.
+fn select_slot(s: &Socket, slot: u32) -> Result<()> {
+    let mut code = [libc::sock_filter {
+        code: (libc::BPF_RET | libc::BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k: slot,
+    }];
+    let prog = libc::sock_fprog {
+        len: 1,
+        filter: code.as_mut_ptr(),
+    };
+    // SAFETY: a valid socket fd, and a sock_fprog of the right size whose
+    // filter points to `code`, alive for the call (the kernel copies it).
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&prog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("SO_ATTACH_REUSEPORT_CBPF");
+    }
+    Ok(())
 }
 
 fn set_defer_accept(s: &Socket, secs: libc::c_int) -> Result<()> {
