@@ -5,6 +5,7 @@
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::sync::OnceLock;
 
 use anyhow::{anyhow, bail, Context, Result};
 use libbpf_rs::{Link, Map, MapCore, MapFlags, Object, ObjectBuilder};
@@ -205,6 +206,17 @@ fn attach(obj: &mut Object, name: &str) -> Result<Link> {
         .with_context(|| format!("attach {name}"))
 }
 
+/// The kernel's functions, read once: the listing is long, and a gate is
+/// attached in the middle of a test, between steps a timer may race.
+fn kallsyms() -> Result<&'static Kallsyms> {
+    static SYMS: OnceLock<Kallsyms> = OnceLock::new();
+    if let Some(syms) = SYMS.get() {
+        return Ok(syms);
+    }
+    let syms = Kallsyms::read()?;
+    Ok(SYMS.get_or_init(|| syms))
+}
+
 /// Attaches the kprobe program `name` of `obj` to the kernel function `func`.
 fn attach_kprobe(obj: &mut Object, name: &str, func: &str) -> Result<Link> {
     obj.progs_mut()
@@ -233,10 +245,7 @@ impl Gate {
         let mut obj = load(GATE_OBJ, "gate")?;
         let link = match at.functions() {
             [] => attach(&mut obj, at.program())?,
-            names => {
-                let func = Kallsyms::read()?.first_of(names);
-                attach_kprobe(&mut obj, at.program(), func)?
-            }
+            names => attach_kprobe(&mut obj, at.program(), kallsyms()?.first_of(names))?,
         };
         Ok(Gate {
             obj,
