@@ -5,20 +5,27 @@
  * race window instead of hoping a restart storm hits it. A test attaches
  * one of them:
  *
- * hashdance_gate, at inet_csk_complete_hashdance(): when the final ACK of
- * a handshake arrives, tcp_v4_rcv()/tcp_v6_rcv() check that the request's
- * listener still listens, tcp_check_req() creates the child, and
- * inet_csk_complete_hashdance() queues it on the listener, which may have
- * been closed in between.
+ * hashdance_gate, at inet_csk_complete_hashdance_migrate(), or
+ * inet_csk_complete_hashdance() on a kernel without the series: when the
+ * final ACK of a handshake arrives, tcp_v4_rcv()/tcp_v6_rcv() check that
+ * the request's listener still listens, tcp_check_req() creates the child,
+ * and that function queues it on the listener, which may have been closed
+ * in between.
  *
  * close_gate, at tcp_set_state(listener, TCP_CLOSE) from __tcp_close():
  * close() has set SHUTDOWN_MASK on the listener but it still listens, so
  * handshakes completing meanwhile create children from a shut-down socket.
  *
- * queue_add_gate, at inet_csk_reqsk_queue_add(): a Fast Open child (made
- * when its SYN arrives) or a syncookie child (made when a cookie ACK
- * arrives) exists and is about to be queued on a listener that
+ * queue_add_gate, at inet_csk_reqsk_queue_add_migrate(), or
+ * inet_csk_reqsk_queue_add() on a kernel without the series: a Fast Open
+ * child (made when its SYN arrives) or a syncookie child (made when a
+ * cookie ACK arrives) exists and is about to be queued on a listener that
  * tcp_v4_rcv()/tcp_v6_rcv() found listening without taking its lock.
+ *
+ * The series makes TCP call those _migrate variants and keeps the old
+ * functions for other callers, so the loader (src/bpf.rs) attaches these
+ * two gates to the variant when the kernel has it, else to the old name:
+ * their sections name no function.
  *
  * migrate_gate, at the return of reuseport_migrate_sock() with a target:
  * the target is chosen and referenced, the migrating socket not yet queued
@@ -147,7 +154,7 @@ static int hold_if_armed(void *listener)
 	return hold(g);
 }
 
-SEC("kprobe/inet_csk_complete_hashdance")
+SEC("kprobe")
 int BPF_KPROBE(hashdance_gate, void *listener)
 {
 	return hold_if_armed(listener);
@@ -166,7 +173,7 @@ int BPF_KPROBE(close_gate, void *sk, int state)
 	return hold_if_armed(sk);
 }
 
-SEC("kprobe/inet_csk_reqsk_queue_add")
+SEC("kprobe")
 int BPF_KPROBE(queue_add_gate, void *listener)
 {
 	return hold_if_armed(listener);

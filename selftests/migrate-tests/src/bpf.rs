@@ -5,11 +5,13 @@
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::sync::OnceLock;
 
 use anyhow::{anyhow, bail, Context, Result};
 use libbpf_rs::{Link, Map, MapCore, MapFlags, Object, ObjectBuilder};
 use socket2::Socket;
 
+use crate::faults::Kallsyms;
 use crate::harness::{event_timeout, setsockopt_int, wait_until};
 
 const GATE_OBJ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/gate.bpf.o"));
@@ -99,14 +101,16 @@ impl HoldAck {
 /// Where a [`Gate`] holds the kernel (bpf/gate.bpf.c).
 #[derive(Clone, Copy, Debug)]
 pub enum GateAt {
-    /// The entry of inet_csk_complete_hashdance(): after the kernel found
-    /// the listener listening and created the child, before the child is
-    /// queued.
+    /// The entry of inet_csk_complete_hashdance_migrate() (on a kernel
+    /// without the series, inet_csk_complete_hashdance()): after the kernel
+    /// found the listener listening and created the child, before the child
+    /// is queued.
     Hashdance,
     /// tcp_set_state(listener, TCP_CLOSE) in __tcp_close(): close() has set
     /// SHUTDOWN_MASK on the listener, which still listens.
     Close,
-    /// The entry of inet_csk_reqsk_queue_add(): a Fast Open or syncookie
+    /// The entry of inet_csk_reqsk_queue_add_migrate() (on a kernel without
+    /// the series, inet_csk_reqsk_queue_add()): a Fast Open or syncookie
     /// child exists and is about to be queued on the listener it was made
     /// from.
     QueueAdd,
@@ -127,6 +131,23 @@ impl GateAt {
             GateAt::QueueAdd => "queue_add_gate",
             GateAt::Migrated => "migrate_gate",
             GateAt::ParkWork => "park_work_gate",
+        }
+    }
+
+    /// The functions the gate's kprobe may attach to, newest first, for the
+    /// programs whose section names none: the series makes TCP call
+    /// `_migrate` variants and leaves the old functions to other callers.
+    fn functions(self) -> &'static [&'static str] {
+        match self {
+            GateAt::Hashdance => &[
+                "inet_csk_complete_hashdance_migrate",
+                "inet_csk_complete_hashdance",
+            ],
+            GateAt::QueueAdd => &[
+                "inet_csk_reqsk_queue_add_migrate",
+                "inet_csk_reqsk_queue_add",
+            ],
+            GateAt::Close | GateAt::Migrated | GateAt::ParkWork => &[],
         }
     }
 }
@@ -185,6 +206,26 @@ fn attach(obj: &mut Object, name: &str) -> Result<Link> {
         .with_context(|| format!("attach {name}"))
 }
 
+/// The kernel's functions, read once: the listing is long, and a gate is
+/// attached in the middle of a test, between steps a timer may race.
+fn kallsyms() -> Result<&'static Kallsyms> {
+    static SYMS: OnceLock<Kallsyms> = OnceLock::new();
+    if let Some(syms) = SYMS.get() {
+        return Ok(syms);
+    }
+    let syms = Kallsyms::read()?;
+    Ok(SYMS.get_or_init(|| syms))
+}
+
+/// Attaches the kprobe program `name` of `obj` to the kernel function `func`.
+fn attach_kprobe(obj: &mut Object, name: &str, func: &str) -> Result<Link> {
+    obj.progs_mut()
+        .find(|p| p.name() == name)
+        .ok_or_else(|| anyhow!("program {name} missing"))?
+        .attach_kprobe(false, func)
+        .with_context(|| format!("attach {name} to {func}"))
+}
+
 /// Byte offsets of the fields of `struct gate` in bpf/gate.bpf.c.
 const GATE_ARMED: usize = 0;
 const GATE_HOLDING: usize = 4;
@@ -202,7 +243,10 @@ impl Gate {
     pub fn attach(at: GateAt) -> Result<Gate> {
         let optimization = NoKprobeOptimization::new()?;
         let mut obj = load(GATE_OBJ, "gate")?;
-        let link = attach(&mut obj, at.program())?;
+        let link = match at.functions() {
+            [] => attach(&mut obj, at.program())?,
+            names => attach_kprobe(&mut obj, at.program(), kallsyms()?.first_of(names))?,
+        };
         Ok(Gate {
             obj,
             _link: link,

@@ -67,6 +67,19 @@ impl Kallsyms {
         Some((start, end))
     }
 
+    /// The first of `names` the kernel has, else the last of them (so that
+    /// what is looked up next fails naming it). The series makes TCP call
+    /// `_migrate` variants of functions the base kernel has under the old
+    /// names: the tests name both, newest first.
+    pub fn first_of<'a>(&self, names: &[&'a str]) -> &'a str {
+        names
+            .iter()
+            .copied()
+            .find(|n| self.range(n).is_some())
+            .or_else(|| names.last().copied())
+            .unwrap_or_default()
+    }
+
     /// The smallest range holding every one of `names` that exists; at least
     /// one must.
     pub fn span(&self, names: &[&str]) -> Result<(u64, u64)> {

@@ -159,11 +159,17 @@ pub fn nomem_in_flight(fam: Family, kernel: Kernel, trigger: Trigger) -> Result<
     if !available(Injector::Slab) {
         return Err(no_failslab());
     }
+    let syms = Kallsyms::read()?;
+    // The series' TCP calls inet_csk_complete_hashdance_migrate(); the base
+    // kernel's, inet_csk_complete_hashdance().
     let func = match trigger {
-        Trigger::Ack => "inet_csk_complete_hashdance",
+        Trigger::Ack => syms.first_of(&[
+            "inet_csk_complete_hashdance_migrate",
+            "inet_csk_complete_hashdance",
+        ]),
         Trigger::Timer => "reqsk_timer_handler",
     };
-    let within = Kallsyms::read()?.span(&[func])?;
+    let within = syms.span(&[func])?;
     set_migrate_req(true)?;
     let mut ck = Checks::new();
     // Armed first: only a migration clones a request in those functions,
