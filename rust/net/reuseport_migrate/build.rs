@@ -32,7 +32,7 @@ const TYPES: &[&str] = &[
     "enum reuseport_migrate_result {",
     "struct reuseport_migrate_choice {",
 ];
-const DEFINES: &[&str] = &["REUSEPORT_MIGRATE_REHASH"];
+const DEFINES: &[&str] = &["REUSEPORT_MIGRATE_REHASH", "REUSEPORT_MIGRATE_PROBES"];
 
 fn read(tree: &Path, file: &str) -> String {
     let path = tree.join(file);

@@ -47,8 +47,8 @@ pub enum Mode {
     Off,
     /// 1: a live listener by hash, whatever its load (upstream).
     Hash,
-    /// 2: as [`Mode::Hash`], but never a listener whose accept queue is full
-    /// while another live listener has room.
+    /// 2: as [`Mode::Hash`], but out of a full accept queue into one with
+    /// room, among the listeners [`with_room`] looks at.
     LoadAware,
 }
 
@@ -116,7 +116,7 @@ pub fn choose<G: Group>(group: &G, choice: Choice<G::Sk>) -> Result<G::Sk, Failu
     }
     let first = by_hash(group, choice.hash, choice.prefer_cpu).ok_or(Failure::NoListener)?;
     Ok(match choice.mode {
-        Mode::LoadAware => with_room(group, choice.hash, first),
+        Mode::LoadAware => with_room(group, choice.hash, first, choice.prefer_cpu),
         Mode::Off | Mode::Hash => first,
     })
 }
@@ -197,34 +197,45 @@ pub fn by_hash<G: Group>(group: &G, hash: u32, prefer_cpu: bool) -> Option<G::Sk
     first
 }
 
+/// How many slots [`with_room`] looks at from the hashed one on
+/// (`REUSEPORT_MIGRATE_PROBES` in C), besides the rehashed one.
+///
+/// It bounds what a connection costs when every queue is full: without a
+/// bound, `inet_csk_listen_stop()` of a listener with N children into a
+/// group of M full listeners reads N x M slots with BH disabled. A group of
+/// up to this many listeners is still searched whole.
+pub const PROBES: u16 = 8;
+
 /// Moves `first`, the hash choice for `hash`, off a full accept queue.
 ///
 /// `first` is kept when it has room, so with no full queue the choice is the
-/// upstream one. Otherwise a second hash-derived candidate, so that
-/// connections that collided on `first` spread out, then the first usable
-/// listener with room from the hashed index on; when every queue is full,
-/// `first` (nothing is dropped that upstream would keep). O(1) unless queues
-/// are full, at most one pass over the group.
+/// upstream one. Otherwise a listener with room among a second hash-derived
+/// candidate, so that connections that collided on `first` spread out, and
+/// the [`PROBES`] slots from the hashed one on; with `prefer_cpu`, one bound
+/// to this CPU before any other, as [`by_hash`] prefers. When none of those
+/// has room, `first` (nothing is dropped that upstream would keep). At most
+/// `PROBES + 1` slots are read.
 #[inline]
-pub fn with_room<G: Group>(group: &G, hash: u32, first: G::Sk) -> G::Sk {
+pub fn with_room<G: Group>(group: &G, hash: u32, first: G::Sk, prefer_cpu: bool) -> G::Sk {
     if group.has_room(first) {
         return first;
     }
     let n = group.num_socks();
-    let takes = |i| {
-        group
+    let mut other_cpu = None;
+    let mut i = reciprocal_scale(hash.wrapping_mul(REHASH), n);
+    let mut next_probe = reciprocal_scale(hash, n);
+    for _ in 0..=PROBES.min(n) {
+        if let Some(sk) = group
             .get(i)
             .filter(|&sk| group.usable(sk) && group.has_room(sk))
-    };
-    if let Some(sk) = takes(reciprocal_scale(hash.wrapping_mul(REHASH), n)) {
-        return sk;
-    }
-    let mut i = reciprocal_scale(hash, n);
-    for _ in 0..n {
-        if let Some(sk) = takes(i) {
-            return sk;
+        {
+            if !prefer_cpu || group.on_this_cpu(sk) {
+                return sk;
+            }
+            other_cpu = other_cpu.or(Some(sk));
         }
-        i = next(i, n);
+        i = next_probe;
+        next_probe = next(next_probe, n);
     }
-    first
+    other_cpu.unwrap_or(first)
 }

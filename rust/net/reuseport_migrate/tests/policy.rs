@@ -4,7 +4,8 @@
 
 use proptest::prelude::*;
 use reuseport_migrate_policy::policy::{
-    by_hash, choose, quick, reciprocal_scale, with_room, Bpf, Choice, Failure, Group, Mode,
+    by_hash, choose, quick, reciprocal_scale, with_room, Bpf, Choice, Failure, Group, Mode, PROBES,
+    REHASH,
 };
 
 /// A model group: one entry per listener, `(usable, on_this_cpu)`, and the
@@ -136,7 +137,7 @@ proptest! {
         let got = choose(&g, Choice { hash, mode, prefer_cpu: cpu, bpf });
         let by_hash = || {
             let i = oracle(&g, hash, cpu).ok_or(Failure::NoListener)?;
-            Ok(if mode == Mode::LoadAware { with_room(&g, hash, i) } else { i })
+            Ok(if mode == Mode::LoadAware { with_room(&g, hash, i, cpu) } else { i })
         };
         let want = match bpf {
             Bpf::Selected(s) => Ok(s),
@@ -148,23 +149,44 @@ proptest! {
     }
 
     #[test]
-    fn never_a_full_queue_while_another_has_room(g in loaded_model(), hash in any::<u32>(),
-                                                  cpu in any::<bool>()) {
+    fn never_a_full_queue_while_a_probed_one_has_room(g in loaded_model(), hash in any::<u32>(),
+                                                       cpu in any::<bool>()) {
         let c = Choice { hash, mode: Mode::LoadAware, prefer_cpu: cpu, bpf: Bpf::<u16>::None };
+        let window = probed(&g, hash);
+        let room = window.iter().any(|&i| g.takes(i));
+        let room_here = window.iter().any(|&i| g.takes(i) && g.on_this_cpu(i));
         let any_room = (0..g.num_socks()).any(|i| g.takes(i));
         match choose(&g, c) {
             Ok(i) => {
                 prop_assert!(g.usable(i));
-                prop_assert!(g.takes(i) || !any_room);
-                // Upstream's choice is kept when it has room, and when no
-                // queue has: load-awareness only ever moves a connection
-                // that upstream would put in a full queue.
                 let up = oracle(&g, hash, cpu).unwrap();
-                if g.takes(up) || !any_room {
+                prop_assert!(g.takes(i) || !(room || g.takes(up)));
+                // A group no larger than the probes is searched whole.
+                if g.num_socks() <= PROBES {
+                    prop_assert!(g.takes(i) || !any_room);
+                }
+                // This CPU's listeners first, as by_hash() prefers them.
+                if cpu && !g.takes(up) && room_here {
+                    prop_assert!(g.on_this_cpu(i));
+                }
+                // Upstream's choice is kept when it has room, and when no
+                // probed queue has: load-awareness only ever moves a
+                // connection that upstream would put in a full queue.
+                if g.takes(up) || !room {
                     prop_assert_eq!(i, up);
                 }
             }
             other => prop_assert_eq!(other, Err(Failure::NoListener)),
+        }
+    }
+
+    #[test]
+    fn with_room_reads_a_bounded_number_of_slots(g in loaded_model(), hash in any::<u32>(),
+                                                 cpu in any::<bool>()) {
+        if let Some(first) = oracle(&g, hash, cpu) {
+            let counted = Counted(&g, std::cell::Cell::new(0));
+            with_room(&counted, hash, first, cpu);
+            prop_assert!(counted.1.get() <= u32::from(PROBES) + 1);
         }
     }
 
@@ -183,6 +205,73 @@ proptest! {
         let want = oracle(&g, hash, cpu).ok_or(Failure::NoListener);
         prop_assert_eq!(choose(&g, c), want);
     }
+}
+
+/// The slots with_room() looks at for `hash`: the rehashed one, then up to
+/// PROBES from the hashed one on.
+fn probed(g: &Model, hash: u32) -> Vec<u16> {
+    let n = g.num_socks();
+    let start = reciprocal_scale(hash, n);
+    let mut v = vec![reciprocal_scale(hash.wrapping_mul(REHASH), n)];
+    v.extend((0..PROBES.min(n)).map(|k| (start + k) % n));
+    v
+}
+
+/// A model that counts the slots read.
+struct Counted<'a>(&'a Model, std::cell::Cell<u32>);
+
+impl Group for Counted<'_> {
+    type Sk = u16;
+    fn num_socks(&self) -> u16 {
+        self.0.num_socks()
+    }
+    fn get(&self, i: u16) -> Option<u16> {
+        self.1.set(self.1.get() + 1);
+        self.0.get(i)
+    }
+    fn usable(&self, i: u16) -> bool {
+        self.0.usable(i)
+    }
+    fn on_this_cpu(&self, i: u16) -> bool {
+        self.0.on_this_cpu(i)
+    }
+    fn has_room(&self, i: u16) -> bool {
+        self.0.has_room(i)
+    }
+}
+
+/// Every queue full in a group of 1,000: the choice reads PROBES + 1 slots
+/// and falls back to the hash choice; one listener with room among them is
+/// found.
+#[test]
+fn a_saturated_group_costs_a_bounded_scan() {
+    let mut g = Model::plain(vec![(true, false); 1000]);
+    g.1 = vec![0; 1000];
+    let hash = u32::MAX / 3;
+    let first = by_hash(&g, hash, false).unwrap();
+    let counted = Counted(&g, std::cell::Cell::new(0));
+    assert_eq!(with_room(&counted, hash, first, false), first);
+    assert_eq!(counted.1.get(), u32::from(PROBES) + 1);
+    let last = (reciprocal_scale(hash, 1000) + PROBES - 1) % 1000;
+    g.1[usize::from(last)] = 1;
+    assert_eq!(with_room(&g, hash, first, false), last);
+}
+
+/// With SO_INCOMING_CPU, a full listener's connections go to a listener of
+/// this CPU with room before one of another CPU.
+#[test]
+fn load_aware_keeps_to_this_cpu() {
+    // 0: this CPU, full (the hash choice); 1: other CPU, room; 2: this CPU, room.
+    let mut g = Model::plain(vec![(true, true), (true, false), (true, true)]);
+    g.1[0] = 0;
+    for hash in [0, 1, 1000, u32::MAX / 4] {
+        let first = by_hash(&g, hash, true).unwrap();
+        if first == 0 {
+            assert_eq!(with_room(&g, hash, first, true), 2);
+        }
+    }
+    g.1[2] = 0;
+    assert_eq!(with_room(&g, 0, 0, true), 1);
 }
 
 #[test]

@@ -17,6 +17,8 @@ typedef uint64_t u64;
 #define READ_ONCE(x) (*(const volatile __typeof__(x) *)&(x))
 #define likely(x) __builtin_expect(!!(x), 1)
 #define unlikely(x) __builtin_expect(!!(x), 0)
+/* include/linux/minmax.h, without its type checks */
+#define min_t(type, x, y) ((type)(x) < (type)(y) ? (type)(x) : (type)(y))
 
 /* include/net/tcp_states.h */
 enum { TCP_ESTABLISHED = 1 };
