@@ -96,6 +96,25 @@ mod group {
         }
     }
 
+    /// The CPU this runs on. As in `reuseport_select_sock_by_hash()`, it is
+    /// a hint: the task may run elsewhere right after.
+    ///
+    /// `kernel::cpu` reads it where the kernel crate has it (the Makefile
+    /// sets `kernel_cpu` then); before it, the helper it wraps is called.
+    #[cfg(kernel_cpu)]
+    #[inline]
+    fn this_cpu() -> u32 {
+        kernel::cpu::CpuId::current().as_u32()
+    }
+
+    /// The CPU this runs on; see the `kernel_cpu` variant.
+    #[cfg(not(kernel_cpu))]
+    #[inline]
+    fn this_cpu() -> u32 {
+        // SAFETY: no requirement.
+        unsafe { bindings::raw_smp_processor_id() }
+    }
+
     impl Listener<'_> {
         /// The socket, for the C caller.
         #[inline]
@@ -150,11 +169,8 @@ mod group {
                     (*l.sk).__sk_common.__bindgen_anon_7.skc_incoming_cpu
                 ))
             };
-            // SAFETY: no requirement. As in `reuseport_select_sock_by_hash()`,
-            // the CPU is a hint: the task may run elsewhere right after.
-            let this_cpu = unsafe { bindings::raw_smp_processor_id() };
             // -1, no preference, matches no CPU, as in the C comparison.
-            u32::try_from(cpu) == Ok(this_cpu)
+            u32::try_from(cpu) == Ok(this_cpu())
         }
 
         #[inline]
