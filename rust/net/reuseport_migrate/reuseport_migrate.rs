@@ -98,20 +98,20 @@ mod group {
 
     /// The CPU this runs on. As in `reuseport_select_sock_by_hash()`, it is
     /// a hint: the task may run elsewhere right after.
-    ///
-    /// `kernel::cpu` reads it where the kernel crate has it (the Makefile
-    /// sets `kernel_cpu` then); before it, the helper it wraps is called.
     #[cfg(kernel_cpu)]
     #[inline]
     fn this_cpu() -> u32 {
         kernel::cpu::CpuId::current().as_u32()
     }
 
-    /// The CPU this runs on; see the `kernel_cpu` variant.
+    /// The CPU this runs on. As in `reuseport_select_sock_by_hash()`, it is
+    /// a hint: the task may run elsewhere right after. This kernel crate has
+    /// no `kernel::cpu`, so the C function that it would wrap is called.
     #[cfg(not(kernel_cpu))]
     #[inline]
     fn this_cpu() -> u32 {
-        // SAFETY: no requirement.
+        // SAFETY: `raw_smp_processor_id()` has no precondition: it reads this
+        // CPU's number, which may be stale by the time it is used, as a hint.
         unsafe { bindings::raw_smp_processor_id() }
     }
 
