@@ -88,7 +88,7 @@ take_tree_opt() {
 	done
 }
 
-RM_LOGS=$RM_WORK/logs
+RM_LOGS=${RM_LOGS:-$RM_WORK/logs}
 
 export PATH="$RM_LLVM_BIN:$HOME/.cargo/bin:$PATH"
 
