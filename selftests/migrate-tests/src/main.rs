@@ -33,6 +33,10 @@ struct Cli {
     /// upstream expect upstream's behaviour on `base`.
     #[arg(long, value_enum, default_value_t = Kernel::Patched)]
     kernel: Kernel,
+    /// The kernel carries only the net queue (the fixes): judged as
+    /// patched, without net-next's per-reason counters and tracepoints.
+    #[arg(long)]
+    net_queue: bool,
     /// Run the tests whose name, past the family, starts with PREFIX for
     /// IPv4 only, and report their IPv6 twins as skipped (repeatable).
     /// The debug flavour's run uses it for the park tests, whose waits
@@ -281,10 +285,14 @@ fn drain(mut r: impl Read + Send + 'static) -> thread::JoinHandle<String> {
     })
 }
 
-fn run_in_child(name: &str, kernel: Kernel) -> Result<Verdict> {
+fn run_in_child(name: &str, kernel: Kernel, net_queue: bool) -> Result<Verdict> {
     let exe = std::env::current_exe().context("current_exe")?;
-    let mut child = Command::new(exe)
-        .args(["--run-child", name, "--kernel", kernel.name()])
+    let mut child = Command::new(exe);
+    child.args(["--run-child", name, "--kernel", kernel.name()]);
+    if net_queue {
+        child.arg("--net-queue");
+    }
+    let mut child = child
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -344,6 +352,9 @@ fn run_in_child(name: &str, kernel: Kernel) -> Result<Verdict> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.net_queue {
+        harness::set_net_queue_only();
+    }
     if let Some(name) = cli.run_child {
         return run_child(&name, cli.kernel);
     }
@@ -376,7 +387,7 @@ fn main() -> ExitCode {
             .and_then(|rest| cli.ipv4_only.iter().find(|p| rest.starts_with(p.as_str())));
         let verdict = match v4_only {
             Some(p) => Verdict::Skip(format!("IPv4 only in this run (--ipv4-only {p})")),
-            None => run_in_child(&t.name, cli.kernel)
+            None => run_in_child(&t.name, cli.kernel, cli.net_queue)
                 .unwrap_or_else(|e| Verdict::Fail(format!("{e:#}"))),
         };
         took.push((start.elapsed(), &t.name));

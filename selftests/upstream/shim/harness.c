@@ -181,11 +181,100 @@ static int libbpf_print(enum libbpf_print_level level, const char *fmt,
  * their defaults, and neither the XDP program the test attaches to "lo" nor
  * its net.ipv4.tcp_fastopen change can leak outside this process.
  */
-static int setup_net(bool new_netns)
+/* Bring lo up in the current namespace: 0, or -1 with errno set. */
+static int lo_up(void)
 {
 	struct ifreq ifr;
+	int fd, err = 0, saved;
+
+	fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	memset(&ifr, 0, sizeof(ifr));
+	strncpy(ifr.ifr_name, "lo", sizeof(ifr.ifr_name) - 1);
+	if (ioctl(fd, SIOCGIFFLAGS, &ifr) ||
+	    (!(ifr.ifr_flags & IFF_UP) &&
+	     (ifr.ifr_flags |= IFF_UP, ioctl(fd, SIOCSIFFLAGS, &ifr))))
+		err = -1;
+	saved = errno;
+	close(fd);
+	errno = saved;
+	return err;
+}
+
+/*
+ * test_progs's netns_new() makes a named namespace with ip(8), with lo up,
+ * and enters it when asked; netns_free() goes back and deletes it. Ours
+ * makes an anonymous one (unshare), which goes when nothing holds it.
+ */
+struct netns_obj {
+	int orig;	/* the namespace to go back to */
+};
+
+struct netns_obj *netns_new(const char *name, bool enter)
+{
+	struct netns_obj *ns;
+	int saved;
+
+	(void)name;
+	if (!enter) {
+		errno = EOPNOTSUPP;	/* no test of ours needs it */
+		return NULL;
+	}
+	ns = calloc(1, sizeof(*ns));
+	if (!ns)
+		return NULL;
+	ns->orig = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
+	if (ns->orig < 0)
+		goto fail;
+	if (unshare(CLONE_NEWNET))
+		goto fail;
+	if (lo_up()) {
+		saved = errno;
+		if (setns(ns->orig, CLONE_NEWNET))
+			diag("netns_new: cannot go back to the first namespace: %s",
+			     strerror(errno));
+		errno = saved;
+		goto fail;
+	}
+	return ns;
+fail:
+	saved = errno;
+	if (ns->orig >= 0)
+		close(ns->orig);
+	free(ns);
+	errno = saved;
+	return NULL;
+}
+
+void netns_free(struct netns_obj *ns)
+{
+	if (!ns)
+		return;
+	if (setns(ns->orig, CLONE_NEWNET))
+		rm_shim_check(false, __FILE__, __LINE__, "netns_free", "setns back: %s",
+			      strerror(errno));
+	close(ns->orig);
+	free(ns);
+}
+
+/* As test_progs's: 0, or -1 with a failed check naming the step. */
+int write_sysctl(const char *sysctl, const char *value)
+{
+	ssize_t len = strlen(value), n;
+	int fd;
+
+	fd = open(sysctl, O_WRONLY | O_CLOEXEC);
+	if (!ASSERT_GE(fd, 0, "open sysctl"))
+		return -1;
+	n = write(fd, value, len);
+	close(fd);
+	return ASSERT_EQ(n, len, "write sysctl") ? 0 : -1;
+}
+
+static int setup_net(bool new_netns)
+{
 	unsigned int idx;
-	int fd, err = 0;
 
 	if (new_netns && unshare(CLONE_NEWNET)) {
 		snprintf(st.top_reason, sizeof(st.top_reason),
@@ -194,25 +283,11 @@ static int setup_net(bool new_netns)
 		return -1;
 	}
 
-	fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-	if (fd < 0) {
+	if (lo_up()) {
 		snprintf(st.top_reason, sizeof(st.top_reason),
-			 "setup: socket(AF_INET): %s (needs CONFIG_INET=y)",
-			 strerror(errno));
+			 "setup: bringing lo up: %s (needs CONFIG_INET=y)", strerror(errno));
 		return -1;
 	}
-	memset(&ifr, 0, sizeof(ifr));
-	strncpy(ifr.ifr_name, "lo", sizeof(ifr.ifr_name) - 1);
-	if (ioctl(fd, SIOCGIFFLAGS, &ifr) ||
-	    (!(ifr.ifr_flags & IFF_UP) &&
-	     (ifr.ifr_flags |= IFF_UP, ioctl(fd, SIOCSIFFLAGS, &ifr)))) {
-		snprintf(st.top_reason, sizeof(st.top_reason),
-			 "setup: bringing lo up: %s", strerror(errno));
-		err = -1;
-	}
-	close(fd);
-	if (err)
-		return err;
 
 	idx = if_nametoindex("lo");
 	if (idx != LO_IFINDEX) {

@@ -42,6 +42,14 @@
  */
 bool test__start_subtest(const char *name);
 
+/* As test_progs's: a new network namespace with lo up, entered. */
+struct netns_obj;
+struct netns_obj *netns_new(const char *name, bool open);
+void netns_free(struct netns_obj *netns);
+
+/* As test_progs's: 0, or -1 with a failed check. */
+int write_sysctl(const char *sysctl, const char *value);
+
 /*
  * Records the outcome of one check. On failure the message (built from
  * @fmt) is printed to stderr and, if it is the first failure of the

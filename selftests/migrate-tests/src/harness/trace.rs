@@ -11,11 +11,13 @@ use anyhow::{bail, Context, Result};
 
 use super::Kernel;
 
-/// The tracepoint on the patched kernel; the base kernel has none.
+/// The tracepoint on the patched kernel; the base kernel has none, nor
+/// does a kernel of the `net` queue alone.
 pub fn start_trace(kernel: Kernel, port: u16) -> Result<Option<Trace>> {
-    match kernel {
-        Kernel::Patched => Trace::start(port).map(Some),
-        Kernel::Base => Ok(None),
+    if super::observes_reasons(kernel) {
+        Trace::start(port).map(Some)
+    } else {
+        Ok(None)
     }
 }
 
