@@ -15,7 +15,7 @@ struct {
 	__type(value, __u64);
 } listeners SEC(".maps");
 
-/* How a migration is answered */
+/* How a migration is answered (as in prog_tests/reuseport_migrate_bpf.c) */
 #define VERDICT_PASS	0	/* SK_PASS, no selection: the kernel chooses */
 #define VERDICT_DROP	1	/* SK_DROP: the migration is cancelled */
 #define VERDICT_SELECT	2	/* the listener at select_idx */
@@ -26,9 +26,12 @@ __u32 select_idx;
 
 /* Migrations seen, by the state of migrating_sk (TCP states < 16) */
 __u32 migrations[16];
-/* Migrations run with an skb (a final ACK), and selections refused */
+/* Migrations run with an skb (a final ACK), selections refused, and SYNs
+ * that could not be steered (each then dropped)
+ */
 __u32 with_skb;
 __u32 select_errors;
+__u32 syn_errors;
 
 SEC("sk_reuseport/migrate")
 int steer_and_migrate(struct sk_reuseport_md *md)
@@ -38,8 +41,11 @@ int steer_and_migrate(struct sk_reuseport_md *md)
 
 	if (!msk) {
 		idx = syn_idx;
-		return bpf_sk_select_reuseport(md, &listeners, &idx, 0) ?
-		       SK_DROP : SK_PASS;
+		if (bpf_sk_select_reuseport(md, &listeners, &idx, 0)) {
+			__sync_fetch_and_add(&syn_errors, 1);
+			return SK_DROP;
+		}
+		return SK_PASS;
 	}
 
 	state = msk->state;
