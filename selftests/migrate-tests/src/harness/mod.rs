@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::fmt::{self, Display};
 use std::io;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -102,16 +103,16 @@ impl Kernel {
 /// the patched kernel's, but net-next's per-reason counters and
 /// tracepoints are not there, so tests check what upstream can show (the
 /// clients, the queues, `TCPMigrateReqSuccess` and `TCPMigrateReqFailure`).
-static NET_QUEUE_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static NET_QUEUE_ONLY: AtomicBool = AtomicBool::new(false);
 
 pub fn set_net_queue_only() {
-    NET_QUEUE_ONLY.store(true, std::sync::atomic::Ordering::Relaxed);
+    NET_QUEUE_ONLY.store(true, Ordering::Relaxed);
 }
 
 /// Whether the kernel has net-next's per-reason counters and tracepoints:
 /// the patched kernel, unless it carries only the `net` queue.
 pub fn observes_reasons(kernel: Kernel) -> bool {
-    kernel == Kernel::Patched && !NET_QUEUE_ONLY.load(std::sync::atomic::Ordering::Relaxed)
+    kernel == Kernel::Patched && !NET_QUEUE_ONLY.load(Ordering::Relaxed)
 }
 
 // ---------------------------------------------------------------------------
