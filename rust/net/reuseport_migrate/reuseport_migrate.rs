@@ -175,16 +175,14 @@ mod group {
 
         #[inline]
         fn has_room(&self, l: Listener<'a>) -> bool {
-            // SAFETY: `l.sk` is allocated (see `Listener`). Both fields change
-            // locklessly: the volatile reads stand in for the `READ_ONCE()`s of
-            // `sk_acceptq_is_full()`, of which this is the negation.
-            let (backlog, max) = unsafe {
-                (
-                    read_volatile(addr_of!((*l.sk).sk_ack_backlog)),
-                    read_volatile(addr_of!((*l.sk).sk_max_ack_backlog)),
-                )
-            };
-            backlog <= max
+            // Through C, not the generated `struct sock`: 7.3's
+            // `socket_lock_t` keeps its spinlock in an anonymous
+            // `-fms-extensions` member of a union, which bindgen leaves
+            // out, so with lockdep every field after `sk_lock` sits 64
+            // bytes early on the Rust side.
+            // SAFETY: `l.sk` is allocated (see `Listener`); the helper reads
+            // both counts once, with `READ_ONCE()`.
+            !unsafe { bindings::sk_acceptq_is_full(l.sk) }
         }
     }
 }
