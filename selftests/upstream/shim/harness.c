@@ -174,13 +174,6 @@ static int libbpf_print(enum libbpf_print_level level, const char *fmt,
 	return vfprintf(stderr, fmt, ap);
 }
 
-/*
- * test_progs runs this serial test in the netns it was started in, i.e. the
- * root netns of a CI VM where loopback is up. We give the test a fresh
- * network namespace instead: loopback is ifindex 1 and all sysctls are at
- * their defaults, and neither the XDP program the test attaches to "lo" nor
- * its net.ipv4.tcp_fastopen change can leak outside this process.
- */
 /* Bring lo up in the current namespace: 0, or -1 with errno set. */
 static int lo_up(void)
 {
@@ -272,6 +265,13 @@ int write_sysctl(const char *sysctl, const char *value)
 	return ASSERT_EQ(n, len, "write sysctl") ? 0 : -1;
 }
 
+/*
+ * test_progs runs this serial test in the netns it was started in, i.e. the
+ * root netns of a CI VM where loopback is up. We give the test a fresh
+ * network namespace instead: loopback is ifindex 1 and all sysctls are at
+ * their defaults, and neither the XDP program the test attaches to "lo" nor
+ * its net.ipv4.tcp_fastopen change can leak outside this process.
+ */
 static int setup_net(bool new_netns)
 {
 	unsigned int idx;
