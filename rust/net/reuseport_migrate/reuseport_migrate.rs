@@ -32,6 +32,28 @@ type ChooseFn = unsafe extern "C" fn(
 const _: ChooseFn = bindings::reuseport_migrate_choose;
 const _: ChooseFn = reuseport_migrate_choose;
 
+// The fields read in place below, at the offsets clang gives them
+// (`rust/bindings/bindings_helper.h`). bindgen can lay a struct out
+// otherwise: it leaves out 7.3's anonymous `-fms-extensions` member of
+// `socket_lock_t` (see `has_room()`). A field it misplaces fails the build
+// here, not a test at run time on one configuration.
+const _: () = {
+    use bindings::{sock, sock_common, sock_reuseport};
+    use core::mem::offset_of;
+
+    let common = offset_of!(sock, __sk_common);
+    assert!(common + offset_of!(sock_common, skc_state) == bindings::REUSEPORT_MIGRATE_SK_STATE);
+    // The union of `skc_incoming_cpu`: its members all start where it does.
+    assert!(
+        common + offset_of!(sock_common, __bindgen_anon_7)
+            == bindings::REUSEPORT_MIGRATE_SK_INCOMING_CPU
+    );
+    assert!(offset_of!(sock_reuseport, socks) == bindings::REUSEPORT_MIGRATE_REUSE_SOCKS);
+    assert!(
+        offset_of!(sock_reuseport, incoming_cpu) == bindings::REUSEPORT_MIGRATE_REUSE_INCOMING_CPU
+    );
+};
+
 /// The group and its listeners, apart so that nothing else can make a
 /// [`Listener`](group::Listener) out of an arbitrary pointer.
 mod group {
