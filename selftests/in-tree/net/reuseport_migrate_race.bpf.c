@@ -1,0 +1,115 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Gates for reuseport_migrate_race: a kprobe that holds, once, the next
+ * kernel path that reaches it for a listener of the test's port, until
+ * userspace lets it go, so that the test runs a close() of that listener
+ * exactly inside a race window.
+ *
+ * close_gate holds a close() of a listener at tcp_set_state(TCP_CLOSE):
+ * __tcp_close() has set SHUTDOWN_MASK on it, but it still listens.
+ * listener_gate, attached where the test says, holds a softirq that made a
+ * child from the listener and is about to queue it there.
+ *
+ * The test's kernels need no BTF: the local port and the state are read at
+ * their offsets in struct sock_common, whose leading members do not
+ * depend on the configuration (skc_addrpair, skc_hash and skc_dport
+ * before skc_num; skc_family before skc_state).
+ */
+#include <linux/bpf.h>
+#include <linux/ptrace.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+
+#define SKC_NUM_OFFSET		14
+#define SKC_STATE_OFFSET	18
+
+#define TCP_CLOSE	7
+#define TCP_LISTEN	10
+
+/* The longest a gate holds a CPU if the test never releases it. */
+#define MAX_HOLD_NS	(10ULL * 1000 * 1000 * 1000)
+
+struct gate {
+	__u32 armed;
+	__u32 holding;
+	__u32 release;
+	__u32 timed_out;
+	__u32 held;
+	__u32 port;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct gate);
+} gate_map SEC(".maps");
+
+struct hold {
+	struct gate *g;
+	__u64 deadline;
+};
+
+static long still_held(__u64 i, void *data)
+{
+	struct hold *h = data;
+
+	if (h->g->release)
+		return 1;
+	return bpf_ktime_get_ns() > h->deadline;
+}
+
+/* Holds the caller if the gate is armed for the port of @sk. */
+static int hold_if_armed(void *sk)
+{
+	struct hold h = {};
+	__u32 zero = 0;
+	__u16 port = 0;
+	struct gate *g;
+	int i;
+
+	g = bpf_map_lookup_elem(&gate_map, &zero);
+	if (!g || !g->armed)
+		return 0;
+	bpf_probe_read_kernel(&port, sizeof(port), sk + SKC_NUM_OFFSET);
+	if (port != g->port)
+		return 0;
+
+	g->armed = 0;
+	g->held++;
+	g->holding = 1;
+	h.g = g;
+	h.deadline = bpf_ktime_get_ns() + MAX_HOLD_NS;
+	/* bpf_loop() runs at most 1 << 23 rounds: go round it again. */
+	for (i = 0; i < 64; i++) {
+		bpf_loop(1 << 23, still_held, &h, 0);
+		if (g->release ||
+		    bpf_ktime_get_ns() > h.deadline)
+			break;
+	}
+	if (!g->release)
+		g->timed_out = 1;
+	g->holding = 0;
+	return 0;
+}
+
+SEC("kprobe/tcp_set_state")
+int BPF_KPROBE(close_gate, void *sk, int state)
+{
+	__u8 old = 0;
+
+	if (state != TCP_CLOSE)
+		return 0;
+	bpf_probe_read_kernel(&old, sizeof(old), sk + SKC_STATE_OFFSET);
+	if (old != TCP_LISTEN)
+		return 0;
+	return hold_if_armed(sk);
+}
+
+SEC("kprobe")
+int BPF_KPROBE(listener_gate, void *sk)
+{
+	return hold_if_armed(sk);
+}
+
+char _license[] SEC("license") = "GPL";

@@ -1,0 +1,487 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * A SO_REUSEPORT TCP listener that closes while a handshake completes on
+ * it, with net.ipv4.tcp_migrate_req=1 and another listener of the group
+ * alive. A kprobe (reuseport_migrate_race.bpf.c) holds the kernel inside
+ * the race window while the test closes the listener, so each case happens
+ * every run:
+ *
+ * closing_listener: close() has set SHUTDOWN_MASK on the listener, which
+ *	still listens, when a handshake makes a child from it. The close
+ *	migrates the child, which must not be shut down.
+ * closed_during_ack: the final ACK has made the child; the listener closes
+ *	before the child is queued on it.
+ * shutdown_before_cookie_queue: the same for a syncookie child, made
+ *	when the cookie ACK arrives, with the listener shut down rather
+ *	than closed: a syncookie request holds no reference on its
+ *	listener, so a closed one may have left its group by then, and
+ *	the child has nowhere to go.
+ * closed_before_fastopen_queue: the same for a Fast Open child, made when
+ *	the SYN arrives with data.
+ *
+ * In each, the child must reach the other listener and carry the
+ * connection both ways, not be reset or shut down.
+ *
+ * A held path spins on its CPU with interrupts off while the test runs
+ * on another: it needs two CPUs. Every test runs in a network namespace
+ * of its own.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <arpa/inet.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+
+#include "../kselftest_harness.h"
+
+#define BPF_OBJ		"reuseport_migrate_race.bpf.o"
+#define KPROBE_OPT	"/proc/sys/debug/kprobes-optimization"
+
+/* How long to wait for what the kernel does on its own (a gate to be
+ * reached, a child to be queued). A held path is let go after 10 s
+ * anyway: the steps the test takes meanwhile are few, but an emulated
+ * guest on a busy host can be slow at them.
+ */
+#define EVENT_TIMEOUT_MS	10000
+
+/* struct gate of reuseport_migrate_race.bpf.c */
+struct gate {
+	__u32 armed;
+	__u32 holding;
+	__u32 release;
+	__u32 timed_out;
+	__u32 held;
+	__u32 port;
+};
+
+static long long now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
+}
+
+static int sysctl_write(const char *path, const char *val)
+{
+	ssize_t ret;
+	int fd;
+
+	fd = open(path, O_WRONLY);
+	if (fd < 0)
+		return -errno;
+	ret = write(fd, val, strlen(val));
+	if (ret < 0)
+		ret = -errno;
+	close(fd);
+	return ret < 0 ? ret : 0;
+}
+
+static void loopback(int family, unsigned short port,
+		     struct sockaddr_storage *ss, socklen_t *len)
+{
+	memset(ss, 0, sizeof(*ss));
+	if (family == AF_INET) {
+		struct sockaddr_in *sin = (struct sockaddr_in *)ss;
+
+		sin->sin_family = AF_INET;
+		sin->sin_port = htons(port);
+		sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		*len = sizeof(*sin);
+	} else {
+		struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
+
+		sin6->sin6_family = AF_INET6;
+		sin6->sin6_port = htons(port);
+		sin6->sin6_addr = in6addr_loopback;
+		*len = sizeof(*sin6);
+	}
+}
+
+/* A listener with SO_REUSEPORT on @port of the loopback address (0: any
+ * free port, then read back into @port); -1 on error.
+ */
+static int listener(int family, unsigned short *port, int fastopen)
+{
+	struct sockaddr_storage ss;
+	socklen_t len;
+	int fd, one = 1;
+
+	fd = socket(family, SOCK_STREAM, 0);
+	if (fd < 0)
+		return -1;
+	loopback(family, *port, &ss, &len);
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) ||
+	    (fastopen && setsockopt(fd, IPPROTO_TCP, TCP_FASTOPEN, &fastopen,
+				    sizeof(fastopen))) ||
+	    bind(fd, (struct sockaddr *)&ss, len) || listen(fd, 16) ||
+	    getsockname(fd, (struct sockaddr *)&ss, &len)) {
+		close(fd);
+		return -1;
+	}
+	*port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+	return fd;
+}
+
+/* fd ready for @events within @ms milliseconds */
+static bool ready(int fd, short events, int ms)
+{
+	struct pollfd pfd = { .fd = fd, .events = events };
+
+	return poll(&pfd, 1, ms) == 1 && (pfd.revents & events);
+}
+
+static int accept_within(int fd, int ms)
+{
+	return ready(fd, POLLIN, ms) ? accept(fd, NULL, NULL) : -1;
+}
+
+/* What @fd received within @ms milliseconds, as a string; "" if nothing. */
+static const char *recv_within(int fd, char *buf, size_t size, int ms)
+{
+	ssize_t n = 0;
+
+	if (ready(fd, POLLIN, ms))
+		n = recv(fd, buf, size - 1, MSG_DONTWAIT);
+	buf[n > 0 ? n : 0] = '\0';
+	return buf;
+}
+
+/* The two CPUs the test runs on: the held path's and the test's. */
+static int cpus[2];
+
+static bool two_cpus(void)
+{
+	cpu_set_t set;
+	int cpu, n = 0;
+
+	if (sched_getaffinity(0, sizeof(set), &set))
+		return false;
+	for (cpu = 0; cpu < CPU_SETSIZE && n < 2; cpu++)
+		if (CPU_ISSET(cpu, &set))
+			cpus[n++] = cpu;
+	return n == 2;
+}
+
+static int pin(int cpu)
+{
+	cpu_set_t set;
+
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	return pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+}
+
+/* What a thread of the test does on the held path's CPU. */
+struct step {
+	int family;
+	unsigned short port;
+	enum { CLOSE, CONNECT, FASTOPEN } what;
+	int fd;		/* CLOSE: the listener; else the client made */
+	int err;	/* errno of the step, 0 if it succeeded */
+};
+
+static void *run_step(void *arg)
+{
+	struct step *s = arg;
+	struct sockaddr_storage ss;
+	socklen_t len;
+	int ret;
+
+	s->err = pin(cpus[0]);
+	if (s->err)
+		return NULL;
+	if (s->what == CLOSE) {
+		s->err = close(s->fd) ? errno : 0;
+		return NULL;
+	}
+	s->fd = socket(s->family, SOCK_STREAM, 0);
+	if (s->fd < 0) {
+		s->err = errno;
+		return NULL;
+	}
+	loopback(s->family, s->port, &ss, &len);
+	if (s->what == CONNECT)
+		ret = connect(s->fd, (struct sockaddr *)&ss, len);
+	else
+		ret = sendto(s->fd, "ping", 4, MSG_FASTOPEN,
+			     (struct sockaddr *)&ss, len) == 4 ? 0 : -1;
+	s->err = ret ? errno : 0;
+	return NULL;
+}
+
+FIXTURE(race)
+{
+	struct bpf_object *obj;
+	struct bpf_link *link;
+	int gate_fd;
+	int l0, l1, client, child;
+	unsigned short port;
+	char kprobe_opt[16];
+};
+
+FIXTURE_VARIANT(race)
+{
+	int family;
+};
+
+FIXTURE_VARIANT_ADD(race, ipv4)
+{
+	.family = AF_INET,
+};
+
+FIXTURE_VARIANT_ADD(race, ipv6)
+{
+	.family = AF_INET6,
+};
+
+FIXTURE_SETUP(race)
+{
+	struct ifreq ifr = { .ifr_name = "lo" };
+	int fd, n;
+
+	self->l0 = -1;
+	self->l1 = -1;
+	self->client = -1;
+	self->child = -1;
+	self->kprobe_opt[0] = '\0';
+	if (!two_cpus())
+		SKIP(return, "needs two CPUs");
+
+	ASSERT_EQ(unshare(CLONE_NEWNET), 0);
+	fd = socket(AF_INET, SOCK_DGRAM, 0);
+	ASSERT_GE(fd, 0);
+	ASSERT_EQ(ioctl(fd, SIOCGIFFLAGS, &ifr), 0);
+	ifr.ifr_flags |= IFF_UP;
+	ASSERT_EQ(ioctl(fd, SIOCSIFFLAGS, &ifr), 0);
+	close(fd);
+	ASSERT_EQ(sysctl_write("/proc/sys/net/ipv4/tcp_migrate_req", "1"), 0);
+
+	self->obj = bpf_object__open_file(BPF_OBJ, NULL);
+	ASSERT_NE(self->obj, NULL);
+	ASSERT_EQ(bpf_object__load(self->obj), 0);
+	self->gate_fd = bpf_object__find_map_fd_by_name(self->obj, "gate_map");
+	ASSERT_GE(self->gate_fd, 0);
+
+	/* An unoptimized kprobe runs its program from the breakpoint
+	 * handler. Once optimized into a jump, text patching would wait for
+	 * the CPU that a gate holds with interrupts off.
+	 */
+	fd = open(KPROBE_OPT, O_RDONLY);
+	if (fd >= 0) {
+		n = read(fd, self->kprobe_opt, sizeof(self->kprobe_opt) - 1);
+		self->kprobe_opt[n > 0 ? n : 0] = '\0';
+		close(fd);
+		ASSERT_EQ(sysctl_write(KPROBE_OPT, "0"), 0);
+	}
+	ASSERT_EQ(pin(cpus[1]), 0);
+
+	self->l0 = listener(variant->family, &self->port, 0);
+	ASSERT_GE(self->l0, 0);
+}
+
+FIXTURE_TEARDOWN(race)
+{
+	bpf_link__destroy(self->link);
+	bpf_object__close(self->obj);
+	if (self->kprobe_opt[0])
+		sysctl_write(KPROBE_OPT, self->kprobe_opt);
+	if (self->l0 >= 0)
+		close(self->l0);
+	if (self->l1 >= 0)
+		close(self->l1);
+	if (self->client >= 0)
+		close(self->client);
+	if (self->child >= 0)
+		close(self->child);
+}
+
+/* Attaches the program @name to the first of @funcs the kernel has (none:
+ * where its section says), armed for the listeners of the test's port.
+ */
+static int gate_attach(struct _test_data_race *self, const char *name,
+		       const char * const *funcs)
+{
+	struct gate g = { .armed = 1, .port = self->port };
+	struct bpf_program *prog;
+	__u32 zero = 0;
+
+	prog = bpf_object__find_program_by_name(self->obj, name);
+	if (!prog)
+		return -ENOENT;
+	if (!funcs)
+		self->link = bpf_program__attach(prog);
+	for (; funcs && *funcs && !self->link; funcs++)
+		self->link = bpf_program__attach_kprobe(prog, false, *funcs);
+	if (!self->link)
+		return -errno;
+	return bpf_map_update_elem(self->gate_fd, &zero, &g, BPF_ANY);
+}
+
+static int gate_read(struct _test_data_race *self, struct gate *g)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(self->gate_fd, &zero, g);
+}
+
+static bool gate_holding(struct _test_data_race *self)
+{
+	long long end = now_ms() + EVENT_TIMEOUT_MS;
+	struct gate g;
+
+	while (!gate_read(self, &g) && !g.holding && now_ms() < end)
+		usleep(1000);
+	return g.holding;
+}
+
+/* Lets the held path go; true if it was held once and released by us,
+ * not by the gate's own limit.
+ */
+static bool gate_release(struct _test_data_race *self)
+{
+	long long end = now_ms() + EVENT_TIMEOUT_MS;
+	__u32 zero = 0;
+	struct gate g;
+
+	if (gate_read(self, &g))
+		return false;
+	g.release = 1;
+	if (bpf_map_update_elem(self->gate_fd, &zero, &g, BPF_ANY))
+		return false;
+	while (!gate_read(self, &g) && g.holding && now_ms() < end)
+		usleep(1000);
+	return !g.holding && g.held == 1 && !g.timed_out;
+}
+
+/* The connection of the migrated child: the client's data reaches it, and
+ * its reply reaches the client.
+ */
+static void exchange(struct __test_metadata *_metadata,
+		     struct _test_data_race *self, bool sent)
+{
+	char buf[16];
+
+	self->child = accept_within(self->l1, EVENT_TIMEOUT_MS);
+	ASSERT_GE(self->child, 0) TH_LOG("no child on the other listener");
+	if (!sent)
+		ASSERT_EQ(send(self->client, "ping", 4, MSG_NOSIGNAL), 4);
+	ASSERT_STREQ(recv_within(self->child, buf, sizeof(buf),
+				 EVENT_TIMEOUT_MS), "ping");
+	ASSERT_EQ(send(self->child, "pong", 4, MSG_NOSIGNAL), 4)
+		TH_LOG("the child cannot send: %s", strerror(errno));
+	ASSERT_STREQ(recv_within(self->client, buf, sizeof(buf),
+				 EVENT_TIMEOUT_MS), "pong");
+}
+
+TEST_F(race, closing_listener)
+{
+	struct step close_l0 = { .what = CLOSE, .fd = self->l0 };
+	struct sockaddr_storage ss;
+	socklen_t len;
+	pthread_t t;
+
+	ASSERT_EQ(gate_attach(self, "close_gate", NULL), 0);
+	self->l0 = -1;
+	ASSERT_EQ(pthread_create(&t, NULL, run_step, &close_l0), 0);
+	ASSERT_TRUE(gate_holding(self)) TH_LOG("close() never reached the gate");
+
+	/* The listener still listens: the handshake completes on it. */
+	self->client = socket(variant->family, SOCK_STREAM, 0);
+	ASSERT_GE(self->client, 0);
+	loopback(variant->family, self->port, &ss, &len);
+	ASSERT_EQ(connect(self->client, (struct sockaddr *)&ss, len), 0);
+	self->l1 = listener(variant->family, &self->port, 0);
+	ASSERT_GE(self->l1, 0);
+
+	ASSERT_TRUE(gate_release(self));
+	ASSERT_EQ(pthread_join(t, NULL), 0);
+	ASSERT_EQ(close_l0.err, 0);
+	exchange(_metadata, self, false);
+}
+
+/* A child made by the held @what is about to be queued on the first
+ * listener, at the gate on the first of @funcs that the kernel has; the
+ * listener closes meanwhile, or with @shut is shut down.
+ */
+static void closed_before_queued(struct __test_metadata *_metadata,
+				 struct _test_data_race *self, int family,
+				 int what, const char * const *funcs, bool shut)
+{
+	struct step s = { .family = family, .port = self->port, .what = what };
+	pthread_t t;
+
+	ASSERT_EQ(gate_attach(self, "listener_gate", funcs), 0);
+	ASSERT_EQ(pthread_create(&t, NULL, run_step, &s), 0);
+	ASSERT_TRUE(gate_holding(self)) TH_LOG("no handshake reached the gate");
+
+	self->l1 = listener(family, &self->port, what == FASTOPEN ? 16 : 0);
+	ASSERT_GE(self->l1, 0);
+	if (shut) {
+		ASSERT_EQ(shutdown(self->l0, SHUT_RDWR), 0);
+	} else {
+		ASSERT_EQ(close(self->l0), 0);
+		self->l0 = -1;
+	}
+
+	ASSERT_TRUE(gate_release(self));
+	ASSERT_EQ(pthread_join(t, NULL), 0);
+	self->client = s.fd;
+	ASSERT_EQ(s.err, 0) TH_LOG("client: %s", strerror(s.err));
+	exchange(_metadata, self, what == FASTOPEN);
+}
+
+static const char * const hashdance[] = {
+	"inet_csk_complete_hashdance_migrate",
+	"inet_csk_complete_hashdance",
+	NULL,
+};
+
+static const char * const queue_add[] = {
+	"inet_csk_reqsk_queue_add_migrate",
+	"inet_csk_reqsk_queue_add",
+	NULL,
+};
+
+TEST_F(race, closed_during_ack)
+{
+	closed_before_queued(_metadata, self, variant->family, CONNECT,
+			     hashdance, false);
+}
+
+TEST_F(race, shutdown_before_cookie_queue)
+{
+	ASSERT_EQ(sysctl_write("/proc/sys/net/ipv4/tcp_syncookies", "2"), 0);
+	closed_before_queued(_metadata, self, variant->family, CONNECT,
+			     queue_add, true);
+}
+
+TEST_F(race, closed_before_fastopen_queue)
+{
+	int qlen = 16;
+
+	/* Client and server, and no cookie needed either way. */
+	ASSERT_EQ(sysctl_write("/proc/sys/net/ipv4/tcp_fastopen", "519"), 0);
+	ASSERT_EQ(setsockopt(self->l0, IPPROTO_TCP, TCP_FASTOPEN, &qlen,
+			     sizeof(qlen)), 0);
+	closed_before_queued(_metadata, self, variant->family, FASTOPEN,
+			     queue_add, false);
+}
+
+TEST_HARNESS_MAIN
