@@ -20,6 +20,8 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 
+#include "reuseport_migrate_race.h"
+
 #define SKC_NUM_OFFSET		14
 #define SKC_STATE_OFFSET	18
 
@@ -31,17 +33,9 @@
  */
 #define MAX_HOLD_NS	(8ULL * 1000 * 1000 * 1000)
 
-struct gate {
-	__u32 armed;
-	__u32 holding;
-	__u32 release;
-	__u32 timed_out;
-	__u32 held;
-	__u32 port;
-};
-
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct gate);

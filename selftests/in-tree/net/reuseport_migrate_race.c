@@ -29,6 +29,8 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
@@ -43,15 +45,19 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 
 #include "../kselftest_harness.h"
+#include "reuseport_migrate_race.h"
 
 #define BPF_OBJ		"reuseport_migrate_race.bpf.o"
 #define KPROBE_OPT	"/proc/sys/debug/kprobes-optimization"
+#define KPROBE_PMU	"/sys/bus/event_source/devices/kprobe"
+#define MIGRATE_REQ	"/proc/sys/net/ipv4/tcp_migrate_req"
 
 /* How long to wait for what the kernel does on its own (a gate to be
  * reached, a child to be queued). A held path is let go after 8 s
@@ -60,15 +66,11 @@
  */
 #define EVENT_TIMEOUT_MS	8000
 
-/* struct gate of reuseport_migrate_race.bpf.c */
-struct gate {
-	__u32 armed;
-	__u32 holding;
-	__u32 release;
-	__u32 timed_out;
-	__u32 held;
-	__u32 port;
-};
+/* The gate's fields, which the program writes while the test reads them
+ * and the other way round.
+ */
+#define gate_get(field)		__atomic_load_n(&(field), __ATOMIC_ACQUIRE)
+#define gate_set(field, val)	__atomic_store_n(&(field), (val), __ATOMIC_RELEASE)
 
 static long long now_ms(void)
 {
@@ -91,6 +93,21 @@ static int sysctl_write(const char *path, const char *val)
 		ret = -errno;
 	close(fd);
 	return ret < 0 ? ret : 0;
+}
+
+/* The program's object, beside the test's binary. */
+static const char *bpf_obj_path(void)
+{
+	static char path[PATH_MAX];
+	char exe[PATH_MAX];
+	ssize_t n;
+
+	n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	if (n <= 0)
+		return BPF_OBJ;
+	exe[n] = '\0';
+	snprintf(path, sizeof(path), "%s/%s", dirname(exe), BPF_OBJ);
+	return path;
 }
 
 static void loopback(int family, unsigned short port,
@@ -192,8 +209,8 @@ static int pin(int cpu)
 struct step {
 	int family;
 	unsigned short port;
-	enum { CLOSE, CONNECT, FASTOPEN } what;
-	int fd;		/* CLOSE: the listener; else the client made */
+	enum { CLOSE, LISTEN, CONNECT, FASTOPEN } what;
+	int fd;		/* CLOSE, LISTEN: the listener; else the client made */
 	int err;	/* errno of the step, 0 if it succeeded */
 };
 
@@ -209,6 +226,10 @@ static void *run_step(void *arg)
 		return NULL;
 	if (s->what == CLOSE) {
 		s->err = close(s->fd) ? errno : 0;
+		return NULL;
+	}
+	if (s->what == LISTEN) {
+		s->err = listen(s->fd, 16) ? errno : 0;
 		return NULL;
 	}
 	s->fd = socket(s->family, SOCK_STREAM, 0);
@@ -230,7 +251,8 @@ FIXTURE(race)
 {
 	struct bpf_object *obj;
 	struct bpf_link *link;
-	int gate_fd;
+	struct gate *gate;
+	size_t gate_len;
 	int l0, l1, client, child;
 	unsigned short port;
 	char kprobe_opt[16];
@@ -261,6 +283,7 @@ FIXTURE_SETUP(race)
 	self->client = -1;
 	self->child = -1;
 	self->kprobe_opt[0] = '\0';
+	self->gate = NULL;
 	if (!two_cpus())
 		SKIP(return, "needs two CPUs");
 
@@ -271,13 +294,28 @@ FIXTURE_SETUP(race)
 	ifr.ifr_flags |= IFF_UP;
 	ASSERT_EQ(ioctl(fd, SIOCSIFFLAGS, &ifr), 0);
 	close(fd);
-	ASSERT_EQ(sysctl_write("/proc/sys/net/ipv4/tcp_migrate_req", "1"), 0);
+	n = sysctl_write(MIGRATE_REQ, "1");
+	if (n == -ENOENT)
+		SKIP(return, "no net.ipv4.tcp_migrate_req");
+	ASSERT_EQ(n, 0);
+	/* what the gates need of the kernel, before the test can fail */
+	if (access(KPROBE_PMU, F_OK))
+		SKIP(return, "no kprobe PMU (CONFIG_KPROBE_EVENTS, CONFIG_PERF_EVENTS)");
+	if (libbpf_probe_bpf_helper(BPF_PROG_TYPE_KPROBE, BPF_FUNC_loop,
+				    NULL) != 1)
+		SKIP(return, "no bpf_loop() for kprobe programs");
 
-	self->obj = bpf_object__open_file(BPF_OBJ, NULL);
-	ASSERT_NE(self->obj, NULL);
+	self->obj = bpf_object__open_file(bpf_obj_path(), NULL);
+	ASSERT_NE(self->obj, NULL) TH_LOG("cannot open %s", bpf_obj_path());
 	ASSERT_EQ(bpf_object__load(self->obj), 0);
-	self->gate_fd = bpf_object__find_map_fd_by_name(self->obj, "gate_map");
-	ASSERT_GE(self->gate_fd, 0);
+	fd = bpf_object__find_map_fd_by_name(self->obj, "gate_map");
+	ASSERT_GE(fd, 0);
+	self->gate_len = sysconf(_SC_PAGESIZE);
+	self->gate = mmap(NULL, self->gate_len, PROT_READ | PROT_WRITE,
+			  MAP_SHARED, fd, 0);
+	ASSERT_NE(self->gate, MAP_FAILED) {
+		self->gate = NULL;
+	}
 
 	/* An unoptimized kprobe runs its program from the breakpoint
 	 * handler. Once optimized into a jump, text patching would wait for
@@ -303,18 +341,15 @@ FIXTURE_TEARDOWN(race)
 	 */
 	if (self->link) {
 		long long end = now_ms() + EVENT_TIMEOUT_MS;
-		struct gate g = {};
-		__u32 zero = 0;
 
-		bpf_map_lookup_elem(self->gate_fd, &zero, &g);
-		g.armed = 0;
-		g.release = 1;
-		bpf_map_update_elem(self->gate_fd, &zero, &g, BPF_ANY);
-		while (!bpf_map_lookup_elem(self->gate_fd, &zero, &g) &&
-		       g.holding && now_ms() < end)
+		gate_set(self->gate->armed, 0);
+		gate_set(self->gate->release, 1);
+		while (gate_get(self->gate->holding) && now_ms() < end)
 			usleep(1000);
 	}
 	bpf_link__destroy(self->link);
+	if (self->gate)
+		munmap(self->gate, self->gate_len);
 	bpf_object__close(self->obj);
 	if (self->kprobe_opt[0])
 		sysctl_write(KPROBE_OPT, self->kprobe_opt);
@@ -334,37 +369,33 @@ FIXTURE_TEARDOWN(race)
 static int gate_attach(struct _test_data_race *self, const char *name,
 		       const char * const *funcs)
 {
-	struct gate g = { .armed = 1, .port = self->port };
 	struct bpf_program *prog;
-	__u32 zero = 0;
 
 	prog = bpf_object__find_program_by_name(self->obj, name);
 	if (!prog)
 		return -ENOENT;
 	if (!funcs)
 		self->link = bpf_program__attach(prog);
-	for (; funcs && *funcs && !self->link; funcs++)
+	for (; funcs && *funcs; funcs++) {
 		self->link = bpf_program__attach_kprobe(prog, false, *funcs);
+		/* only a function this kernel lacks sends us to the next */
+		if (self->link || errno != ENOENT)
+			break;
+	}
 	if (!self->link)
 		return -errno;
-	return bpf_map_update_elem(self->gate_fd, &zero, &g, BPF_ANY);
-}
-
-static int gate_read(struct _test_data_race *self, struct gate *g)
-{
-	__u32 zero = 0;
-
-	return bpf_map_lookup_elem(self->gate_fd, &zero, g);
+	gate_set(self->gate->port, self->port);
+	gate_set(self->gate->armed, 1);
+	return 0;
 }
 
 static bool gate_holding(struct _test_data_race *self)
 {
 	long long end = now_ms() + EVENT_TIMEOUT_MS;
-	struct gate g = {};
 
-	while (!gate_read(self, &g) && !g.holding && now_ms() < end)
+	while (!gate_get(self->gate->holding) && now_ms() < end)
 		usleep(1000);
-	return g.holding;
+	return gate_get(self->gate->holding);
 }
 
 /* Lets the held path go; true if it was held once and released by us,
@@ -373,17 +404,61 @@ static bool gate_holding(struct _test_data_race *self)
 static bool gate_release(struct _test_data_race *self)
 {
 	long long end = now_ms() + EVENT_TIMEOUT_MS;
-	__u32 zero = 0;
-	struct gate g;
 
-	if (gate_read(self, &g))
-		return false;
-	g.release = 1;
-	if (bpf_map_update_elem(self->gate_fd, &zero, &g, BPF_ANY))
-		return false;
-	while (!gate_read(self, &g) && g.holding && now_ms() < end)
+	gate_set(self->gate->release, 1);
+	while (gate_get(self->gate->holding) && now_ms() < end)
 		usleep(1000);
-	return !g.holding && g.held == 1 && !g.timed_out;
+	return !gate_get(self->gate->holding) &&
+	       gate_get(self->gate->held) == 1 &&
+	       !gate_get(self->gate->timed_out);
+}
+
+/* From /proc/net/tcp or tcp6, the rx_queue of the socket in @state on
+ * local port @lport and remote port @rport (0 for a listener): for a
+ * listener, the length of its accept queue; -1 if there is no such socket.
+ */
+static int proc_tcp(int family, unsigned short lport, unsigned short rport,
+		    unsigned int state)
+{
+	unsigned int local, remote, st, rx;
+	int ret = -1;
+	char line[256];
+	FILE *f;
+
+	f = fopen(family == AF_INET ? "/proc/net/tcp" : "/proc/net/tcp6", "r");
+	if (!f)
+		return -1;
+	while (ret < 0 && fgets(line, sizeof(line), f))
+		if (sscanf(line, " %*u: %*[0-9A-Fa-f]:%x %*[0-9A-Fa-f]:%x %x %*x:%x",
+			   &local, &remote, &st, &rx) == 4 &&
+		    local == lport && remote == rport && st == state)
+			ret = rx;
+	fclose(f);
+	return ret;
+}
+
+#define ST_ESTABLISHED	0x01
+#define ST_LISTEN	0x0A
+
+/* The listener on @port has @n children queued within the timeout. */
+static bool backlog_reaches(int family, unsigned short port, int n)
+{
+	long long end = now_ms() + EVENT_TIMEOUT_MS;
+
+	while (proc_tcp(family, port, 0, ST_LISTEN) != n && now_ms() < end)
+		usleep(1000);
+	return proc_tcp(family, port, 0, ST_LISTEN) == n;
+}
+
+/* The socket on @lport to @rport is in @state within the timeout. */
+static bool proc_tcp_reaches(int family, unsigned short lport,
+			     unsigned short rport, unsigned int state)
+{
+	long long end = now_ms() + EVENT_TIMEOUT_MS;
+
+	while (proc_tcp(family, lport, rport, state) < 0 && now_ms() < end)
+		usleep(1000);
+	return proc_tcp(family, lport, rport, state) >= 0;
 }
 
 /* The connection of the migrated child: the client's data reaches it, and
@@ -423,6 +498,11 @@ TEST_F(race, closing_listener)
 	ASSERT_GE(self->client, 0);
 	loopback(variant->family, self->port, &ss, &len);
 	ASSERT_EQ(connect(self->client, (struct sockaddr *)&ss, len), 0);
+	/* The final ACK may still be on its way: the case needs the child
+	 * queued on the closing listener before its close goes on.
+	 */
+	ASSERT_TRUE(backlog_reaches(variant->family, self->port, 1))
+		TH_LOG("the child never reached the closing listener's queue");
 	self->l1 = listener(variant->family, &self->port, 0);
 	ASSERT_GE(self->l1, 0);
 
@@ -469,6 +549,11 @@ static const char * const hashdance[] = {
 	NULL,
 };
 
+static const char * const get_port[] = {
+	"inet_csk_get_port",
+	NULL,
+};
+
 static const char * const queue_add[] = {
 	"inet_csk_reqsk_queue_add_migrate",
 	"inet_csk_reqsk_queue_add",
@@ -498,6 +583,76 @@ TEST_F(race, closed_before_fastopen_queue)
 			     sizeof(qlen)), 0);
 	closed_before_queued(_metadata, self, variant->family, FASTOPEN,
 			     queue_add, false);
+}
+
+/* A listener that was shut down listens again, and its listen() fails:
+ * another socket, without SO_REUSEPORT, took the port meanwhile.
+ * listen() sets TCP_LISTEN before get_port() decides, and a request that
+ * the listener made before its shutdown completes on it in between. The
+ * child must not stay in the queue of a socket that no longer listens,
+ * where its close() would never look: the failed listen() hands it on,
+ * here to nobody, so the client is reset.
+ */
+TEST_F(race, relisten_failed)
+{
+	struct step relisten = { .what = LISTEN, .fd = self->l0 };
+	int defer = 30, one = 1, fd;
+	struct sockaddr_storage ss;
+	unsigned short cport;
+	socklen_t len;
+	char buf[16];
+	pthread_t t;
+
+	/* The listener keeps its port across the shutdown only if the port
+	 * was bound explicitly: a listener bound to port 0 gives it back, and
+	 * listens again on another one.
+	 */
+	close(self->l0);
+	self->l0 = listener(variant->family, &self->port, 0);
+	ASSERT_GE(self->l0, 0);
+	/* The client's bare final ACK leaves the request waiting for data. */
+	ASSERT_EQ(setsockopt(self->l0, IPPROTO_TCP, TCP_DEFER_ACCEPT, &defer,
+			     sizeof(defer)), 0);
+	ASSERT_EQ(setsockopt(self->l0, SOL_SOCKET, SO_REUSEADDR, &one,
+			     sizeof(one)), 0);
+	self->client = socket(variant->family, SOCK_STREAM, 0);
+	ASSERT_GE(self->client, 0);
+	loopback(variant->family, self->port, &ss, &len);
+	ASSERT_EQ(connect(self->client, (struct sockaddr *)&ss, len), 0);
+	ASSERT_EQ(getsockname(self->client, (struct sockaddr *)&ss, &len), 0);
+	cport = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+	ASSERT_EQ(shutdown(self->l0, SHUT_RDWR), 0);
+
+	fd = socket(variant->family, SOCK_STREAM, 0);
+	ASSERT_GE(fd, 0);
+	self->l1 = fd;
+	loopback(variant->family, self->port, &ss, &len);
+	ASSERT_EQ(setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)), 0);
+	ASSERT_EQ(bind(fd, (struct sockaddr *)&ss, len), 0);
+	ASSERT_EQ(listen(fd, 16), 0);
+
+	ASSERT_EQ(gate_attach(self, "listener_gate", get_port), 0);
+	ASSERT_EQ(pthread_create(&t, NULL, run_step, &relisten), 0);
+	ASSERT_TRUE(gate_holding(self)) TH_LOG("listen() never reached the gate");
+
+	/* The data completes the request on the listener, held in listen() */
+	ASSERT_EQ(send(self->client, "ping", 4, MSG_NOSIGNAL), 4);
+	ASSERT_TRUE(proc_tcp_reaches(variant->family, self->port, cport,
+				     ST_ESTABLISHED))
+		TH_LOG("no child made from the listening-again listener");
+
+	ASSERT_TRUE(gate_release(self));
+	ASSERT_EQ(pthread_join(t, NULL), 0);
+	ASSERT_EQ(relisten.err, EADDRINUSE);
+	ASSERT_EQ(close(self->l0), 0);
+	self->l0 = -1;
+
+	ASSERT_TRUE(ready(self->client, POLLIN, EVENT_TIMEOUT_MS))
+		TH_LOG("the client is neither served nor reset");
+	ASSERT_EQ(recv(self->client, buf, sizeof(buf), MSG_DONTWAIT), -1);
+	ASSERT_EQ(errno, ECONNRESET);
+	ASSERT_EQ(proc_tcp(variant->family, self->port, cport, ST_ESTABLISHED), -1)
+		TH_LOG("the child is left behind");
 }
 
 TEST_HARNESS_MAIN

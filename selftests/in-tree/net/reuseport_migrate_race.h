@@ -1,0 +1,26 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The gate shared by reuseport_migrate_race.c and its kprobe program, in
+ * a map that the test maps into its memory: each side writes only its own
+ * fields, so neither overwrites what the other wrote meanwhile.
+ */
+#ifndef __REUSEPORT_MIGRATE_RACE_H
+#define __REUSEPORT_MIGRATE_RACE_H
+
+#include <linux/types.h>
+
+struct gate {
+	/* Written by the test: hold the next path for a listener of @port
+	 * (the program clears @armed as it takes that path), then @release
+	 * it.
+	 */
+	__u32 armed;
+	__u32 port;
+	__u32 release;
+	/* Written by the program. */
+	__u32 holding;
+	__u32 held;
+	__u32 timed_out;
+};
+
+#endif /* __REUSEPORT_MIGRATE_RACE_H */
