@@ -224,7 +224,9 @@ pub fn with_room<G: Group>(group: &G, hash: u32, first: G::Sk, prefer_cpu: bool)
     let mut other_cpu = None;
     let mut i = reciprocal_scale(hash.wrapping_mul(REHASH), n);
     let mut next_probe = reciprocal_scale(hash, n);
-    for _ in 0..=PROBES.min(n) {
+    // An exclusive range: a `RangeInclusive` keeps an exhaustion flag that
+    // costs a compare on every round. PROBES.min(n) + 1 <= 9.
+    for _ in 0..PROBES.min(n) + 1 {
         if let Some(sk) = group
             .get(i)
             .filter(|&sk| group.usable(sk) && group.has_room(sk))
