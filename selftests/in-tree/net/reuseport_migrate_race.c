@@ -317,21 +317,26 @@ FIXTURE_SETUP(race)
 		self->gate = NULL;
 	}
 
+	ASSERT_EQ(pin(cpus[1]), 0);
+
+	self->l0 = listener(variant->family, &self->port, 0);
+	ASSERT_GE(self->l0, 0);
+
 	/* An unoptimized kprobe runs its program from the breakpoint
 	 * handler. Once optimized into a jump, text patching would wait for
-	 * the CPU that a gate holds with interrupts off.
+	 * the CPU that a gate holds with interrupts off. Last in the setup,
+	 * as only the teardown puts the global sysctl back, and it does not
+	 * run when the setup fails.
 	 */
 	fd = open(KPROBE_OPT, O_RDONLY);
 	if (fd >= 0) {
 		n = read(fd, self->kprobe_opt, sizeof(self->kprobe_opt) - 1);
 		self->kprobe_opt[n > 0 ? n : 0] = '\0';
 		close(fd);
-		ASSERT_EQ(sysctl_write(KPROBE_OPT, "0"), 0);
+		if (sysctl_write(KPROBE_OPT, "0"))
+			self->kprobe_opt[0] = '\0';
+		ASSERT_NE(self->kprobe_opt[0], '\0');
 	}
-	ASSERT_EQ(pin(cpus[1]), 0);
-
-	self->l0 = listener(variant->family, &self->port, 0);
-	ASSERT_GE(self->l0, 0);
 }
 
 FIXTURE_TEARDOWN(race)
@@ -363,11 +368,17 @@ FIXTURE_TEARDOWN(race)
 		close(self->child);
 }
 
+static void gate_arm(struct _test_data_race *self)
+{
+	gate_set(self->gate->port, self->port);
+	gate_set(self->gate->armed, 1);
+}
+
 /* Attaches the program @name to the first of @funcs the kernel has (none:
- * where its section says), armed for the listeners of the test's port.
+ * where its section says), unarmed.
  */
-static int gate_attach(struct _test_data_race *self, const char *name,
-		       const char * const *funcs)
+static int gate_attach_unarmed(struct _test_data_race *self,
+			       const char *name, const char * const *funcs)
 {
 	struct bpf_program *prog;
 
@@ -382,11 +393,18 @@ static int gate_attach(struct _test_data_race *self, const char *name,
 		if (self->link || errno != ENOENT)
 			break;
 	}
-	if (!self->link)
-		return -errno;
-	gate_set(self->gate->port, self->port);
-	gate_set(self->gate->armed, 1);
-	return 0;
+	return self->link ? 0 : -errno;
+}
+
+/* As gate_attach_unarmed(), armed for the listeners of the test's port. */
+static int gate_attach(struct _test_data_race *self, const char *name,
+		       const char * const *funcs)
+{
+	int err = gate_attach_unarmed(self, name, funcs);
+
+	if (!err)
+		gate_arm(self);
+	return err;
 }
 
 static bool gate_holding(struct _test_data_race *self)
@@ -595,7 +613,7 @@ TEST_F(race, closed_before_fastopen_queue)
  */
 TEST_F(race, relisten_failed)
 {
-	struct step relisten = { .what = LISTEN, .fd = self->l0 };
+	struct step relisten = { .what = LISTEN };
 	int defer = 30, one = 1, fd;
 	struct sockaddr_storage ss;
 	unsigned short cport;
@@ -610,6 +628,12 @@ TEST_F(race, relisten_failed)
 	close(self->l0);
 	self->l0 = listener(variant->family, &self->port, 0);
 	ASSERT_GE(self->l0, 0);
+	relisten.fd = self->l0;
+	/* Attached before the request is made, armed once the port is taken:
+	 * the request's SYN+ACK timer drops it if it fires while the
+	 * listener is shut down, 1 s after the SYN.
+	 */
+	ASSERT_EQ(gate_attach_unarmed(self, "listener_gate", get_port), 0);
 	/* The client's bare final ACK leaves the request waiting for data. */
 	ASSERT_EQ(setsockopt(self->l0, IPPROTO_TCP, TCP_DEFER_ACCEPT, &defer,
 			     sizeof(defer)), 0);
@@ -631,7 +655,7 @@ TEST_F(race, relisten_failed)
 	ASSERT_EQ(bind(fd, (struct sockaddr *)&ss, len), 0);
 	ASSERT_EQ(listen(fd, 16), 0);
 
-	ASSERT_EQ(gate_attach(self, "listener_gate", get_port), 0);
+	gate_arm(self);
 	ASSERT_EQ(pthread_create(&t, NULL, run_step, &relisten), 0);
 	ASSERT_TRUE(gate_holding(self)) TH_LOG("listen() never reached the gate");
 

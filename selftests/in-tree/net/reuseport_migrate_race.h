@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * The gate shared by reuseport_migrate_race.c and its kprobe program, in
- * a map that the test maps into its memory: each side writes only its own
- * fields, so neither overwrites what the other wrote meanwhile.
+ * a map that the test maps into its memory: each side stores single
+ * fields, never the whole value back, so neither undoes what the other
+ * wrote meanwhile.
  */
 #ifndef __REUSEPORT_MIGRATE_RACE_H
 #define __REUSEPORT_MIGRATE_RACE_H
