@@ -458,25 +458,15 @@ static int proc_tcp(int family, unsigned short lport, unsigned short rport,
 #define ST_ESTABLISHED	0x01
 #define ST_LISTEN	0x0A
 
-/* The listener on @port has @n children queued within the timeout. */
-static bool backlog_reaches(int family, unsigned short port, int n)
-{
-	long long end = now_ms() + EVENT_TIMEOUT_MS;
-
-	while (proc_tcp(family, port, 0, ST_LISTEN) != n && now_ms() < end)
-		usleep(1000);
-	return proc_tcp(family, port, 0, ST_LISTEN) == n;
-}
-
-/* The socket on @lport to @rport is in @state within the timeout. */
+/* proc_tcp() gives @rx within the timeout. */
 static bool proc_tcp_reaches(int family, unsigned short lport,
-			     unsigned short rport, unsigned int state)
+			     unsigned short rport, unsigned int state, int rx)
 {
 	long long end = now_ms() + EVENT_TIMEOUT_MS;
 
-	while (proc_tcp(family, lport, rport, state) < 0 && now_ms() < end)
+	while (proc_tcp(family, lport, rport, state) != rx && now_ms() < end)
 		usleep(1000);
-	return proc_tcp(family, lport, rport, state) >= 0;
+	return proc_tcp(family, lport, rport, state) == rx;
 }
 
 /* The connection of the migrated child: the client's data reaches it, and
@@ -519,7 +509,8 @@ TEST_F(race, closing_listener)
 	/* The final ACK may still be on its way: the case needs the child
 	 * queued on the closing listener before its close goes on.
 	 */
-	ASSERT_TRUE(backlog_reaches(variant->family, self->port, 1))
+	ASSERT_TRUE(proc_tcp_reaches(variant->family, self->port, 0,
+				     ST_LISTEN, 1))
 		TH_LOG("the child never reached the closing listener's queue");
 	self->l1 = listener(variant->family, &self->port, 0);
 	ASSERT_GE(self->l1, 0);
@@ -614,7 +605,7 @@ TEST_F(race, closed_before_fastopen_queue)
 TEST_F(race, relisten_failed)
 {
 	struct step relisten = { .what = LISTEN };
-	int defer = 30, one = 1, fd;
+	int defer = 30, one = 1;
 	struct sockaddr_storage ss;
 	unsigned short cport;
 	socklen_t len;
@@ -647,22 +638,25 @@ TEST_F(race, relisten_failed)
 	cport = ntohs(((struct sockaddr_in *)&ss)->sin_port);
 	ASSERT_EQ(shutdown(self->l0, SHUT_RDWR), 0);
 
-	fd = socket(variant->family, SOCK_STREAM, 0);
-	ASSERT_GE(fd, 0);
-	self->l1 = fd;
+	/* The port taken, by a socket without SO_REUSEPORT. */
+	self->l1 = socket(variant->family, SOCK_STREAM, 0);
+	ASSERT_GE(self->l1, 0);
 	loopback(variant->family, self->port, &ss, &len);
-	ASSERT_EQ(setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)), 0);
-	ASSERT_EQ(bind(fd, (struct sockaddr *)&ss, len), 0);
-	ASSERT_EQ(listen(fd, 16), 0);
+	ASSERT_EQ(setsockopt(self->l1, SOL_SOCKET, SO_REUSEADDR, &one,
+			     sizeof(one)), 0);
+	ASSERT_EQ(bind(self->l1, (struct sockaddr *)&ss, len), 0);
+	ASSERT_EQ(listen(self->l1, 16), 0);
 
 	gate_arm(self);
 	ASSERT_EQ(pthread_create(&t, NULL, run_step, &relisten), 0);
 	ASSERT_TRUE(gate_holding(self)) TH_LOG("listen() never reached the gate");
 
-	/* The data completes the request on the listener, held in listen() */
+	/* The data completes the request on the listener, held in listen(),
+	 * and waits unread in the child.
+	 */
 	ASSERT_EQ(send(self->client, "ping", 4, MSG_NOSIGNAL), 4);
 	ASSERT_TRUE(proc_tcp_reaches(variant->family, self->port, cport,
-				     ST_ESTABLISHED))
+				     ST_ESTABLISHED, 4))
 		TH_LOG("no child made from the listening-again listener");
 
 	ASSERT_TRUE(gate_release(self));
