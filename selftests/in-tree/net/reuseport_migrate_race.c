@@ -505,7 +505,8 @@ TEST_F(race, closing_listener)
 	self->client = socket(variant->family, SOCK_STREAM, 0);
 	ASSERT_GE(self->client, 0);
 	loopback(variant->family, self->port, &ss, &len);
-	ASSERT_EQ(connect(self->client, (struct sockaddr *)&ss, len), 0);
+	ASSERT_EQ(connect(self->client, (struct sockaddr *)&ss, len), 0)
+		TH_LOG("connect: %s", strerror(errno));
 	/* The final ACK may still be on its way: the case needs the child
 	 * queued on the closing listener before its close goes on.
 	 */
