@@ -10,6 +10,10 @@
  * listener_gate, attached where the test says, holds a softirq that made a
  * child from the listener and is about to queue it there.
  *
+ * migrate_to_l1, a select-or-migrate program attached to the group for the
+ * *_prog cases, sends every migration to the listener in l1_map and keeps
+ * what it saw of it.
+ *
  * The test's kernels need no BTF: the local port and the state are read at
  * their offsets in struct sock_common, whose leading members do not
  * depend on the configuration (skc_addrpair, skc_hash and skc_dport
@@ -106,6 +110,40 @@ SEC("kprobe")
 int BPF_KPROBE(listener_gate, void *sk)
 {
 	return hold_if_armed(sk);
+}
+
+struct {
+	__uint(type, BPF_MAP_TYPE_REUSEPORT_SOCKARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} l1_map SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct migration);
+} migration_map SEC(".maps");
+
+SEC("sk_reuseport/migrate")
+int migrate_to_l1(struct sk_reuseport_md *md)
+{
+	struct bpf_sock *sk = md->migrating_sk;
+	struct migration *m;
+	__u32 zero = 0;
+
+	/* A SYN: the kernel's hash chooses, as without a program. */
+	if (!sk)
+		return SK_PASS;
+
+	m = bpf_map_lookup_elem(&migration_map, &zero);
+	if (!m)
+		return SK_DROP;
+	__sync_fetch_and_add(&m->count, 1);
+	m->state = sk->state;
+	m->len = md->len;
+	return bpf_sk_select_reuseport(md, &l1_map, &zero, 0) ? SK_DROP : SK_PASS;
 }
 
 char _license[] SEC("license") = "GPL";

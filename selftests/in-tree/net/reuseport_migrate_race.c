@@ -22,6 +22,15 @@
  * In each, the child must reach the other listener and carry the
  * connection both ways, not be reset or shut down.
  *
+ * The *_prog twins of the last three attach a select-or-migrate program
+ * (BPF_SK_REUSEPORT_SELECT_OR_MIGRATE) to the group, which chooses the
+ * other listener. It must be run once for the late migration and be
+ * shown what a program is shown on that path: at the final ACK, the
+ * request (TCP_NEW_SYN_RECV) and the ACK; for a syncookie child, the child
+ * (TCP_SYN_RECV) and the ACK that made it; for a Fast Open child, the
+ * child and no skb, as when close() hands one on. A program tells the
+ * last two apart by the skb.
+ *
  * A held path spins on its CPU with interrupts off while the test runs
  * on another: it needs two CPUs. Every test runs in a network namespace
  * of its own.
@@ -522,23 +531,73 @@ TEST_F(race, closing_listener)
 	exchange(_metadata, self, false);
 }
 
+/* What the group's migrate program must be shown, where a case has one:
+ * the state of migrating_sk, and whether an skb comes with it.
+ */
+struct shown {
+	unsigned int state;
+	bool skb;
+};
+
+/* Attaches migrate_to_l1 to the group of the first listener. */
+static int prog_attach(struct _test_data_race *self)
+{
+	struct bpf_program *prog;
+	int fd;
+
+	prog = bpf_object__find_program_by_name(self->obj, "migrate_to_l1");
+	if (!prog)
+		return -ENOENT;
+	fd = bpf_program__fd(prog);
+	return setsockopt(self->l0, SOL_SOCKET, SO_ATTACH_REUSEPORT_EBPF, &fd,
+			  sizeof(fd)) ? -errno : 0;
+}
+
+/* Makes the second listener the program's target. */
+static int prog_target(struct _test_data_race *self)
+{
+	__u64 fd = self->l1;
+	__u32 zero = 0;
+
+	return bpf_map_update_elem(bpf_object__find_map_fd_by_name(self->obj,
+								   "l1_map"),
+				   &zero, &fd, BPF_ANY);
+}
+
+static int prog_shown(struct _test_data_race *self, struct migration *m)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(bpf_object__find_map_fd_by_name(self->obj,
+								   "migration_map"),
+				   &zero, m);
+}
+
 /* A child made by the held @what is about to be queued on the first
  * listener, at the gate on the first of @funcs that the kernel has; the
- * listener closes meanwhile, or with @shut is shut down.
+ * listener closes meanwhile, or with @shut is shut down. With @prog, a
+ * migrate program chooses the other listener, and must have been shown
+ * the migration once, as @prog says.
  */
 static void closed_before_queued(struct __test_metadata *_metadata,
 				 struct _test_data_race *self, int family,
-				 int what, const char * const *funcs, bool shut)
+				 int what, const char * const *funcs, bool shut,
+				 const struct shown *prog)
 {
 	struct step s = { .family = family, .port = self->port, .what = what };
+	struct migration m;
 	pthread_t t;
 
+	if (prog)
+		ASSERT_EQ(prog_attach(self), 0);
 	ASSERT_EQ(gate_attach(self, "listener_gate", funcs), 0);
 	ASSERT_EQ(pthread_create(&t, NULL, run_step, &s), 0);
 	ASSERT_TRUE(gate_holding(self)) TH_LOG("no handshake reached the gate");
 
 	self->l1 = listener(family, &self->port, what == FASTOPEN ? 16 : 0);
 	ASSERT_GE(self->l1, 0);
+	if (prog)
+		ASSERT_EQ(prog_target(self), 0);
 	if (shut) {
 		ASSERT_EQ(shutdown(self->l0, SHUT_RDWR), 0);
 	} else {
@@ -551,6 +610,12 @@ static void closed_before_queued(struct __test_metadata *_metadata,
 	self->client = s.fd;
 	ASSERT_EQ(s.err, 0) TH_LOG("client: %s", strerror(s.err));
 	exchange(_metadata, self, what == FASTOPEN);
+	if (!prog)
+		return;
+	ASSERT_EQ(prog_shown(self, &m), 0);
+	ASSERT_EQ(m.count, 1) TH_LOG("the program ran %u times", m.count);
+	ASSERT_EQ(m.state, prog->state);
+	ASSERT_EQ(m.len > 0, prog->skb) TH_LOG("skb of %u bytes", m.len);
 }
 
 static const char * const hashdance[] = {
@@ -570,20 +635,27 @@ static const char * const queue_add[] = {
 	NULL,
 };
 
-TEST_F(race, closed_during_ack)
-{
-	closed_before_queued(_metadata, self, variant->family, CONNECT,
-			     hashdance, false);
-}
+/* The late migrations, as a migrate program is shown them: at the final
+ * ACK, the request and the ACK's skb; a syncookie child, in TCP_SYN_RECV,
+ * and the ACK that made it; a Fast Open child, in TCP_SYN_RECV, and no
+ * skb, as when close() hands one on.
+ */
+static const struct shown final_ack_shown = { BPF_TCP_NEW_SYN_RECV, true };
+static const struct shown cookie_shown = { BPF_TCP_SYN_RECV, true };
+static const struct shown fastopen_shown = { BPF_TCP_SYN_RECV, false };
 
-TEST_F(race, shutdown_before_cookie_queue)
+static void cookie_queue(struct __test_metadata *_metadata,
+			 struct _test_data_race *self, int family,
+			 const struct shown *prog)
 {
 	ASSERT_EQ(sysctl_write("/proc/sys/net/ipv4/tcp_syncookies", "2"), 0);
-	closed_before_queued(_metadata, self, variant->family, CONNECT,
-			     queue_add, true);
+	closed_before_queued(_metadata, self, family, CONNECT, queue_add, true,
+			     prog);
 }
 
-TEST_F(race, closed_before_fastopen_queue)
+static void fastopen_queue(struct __test_metadata *_metadata,
+			   struct _test_data_race *self, int family,
+			   const struct shown *prog)
 {
 	int qlen = 16;
 
@@ -591,8 +663,40 @@ TEST_F(race, closed_before_fastopen_queue)
 	ASSERT_EQ(sysctl_write("/proc/sys/net/ipv4/tcp_fastopen", "519"), 0);
 	ASSERT_EQ(setsockopt(self->l0, IPPROTO_TCP, TCP_FASTOPEN, &qlen,
 			     sizeof(qlen)), 0);
-	closed_before_queued(_metadata, self, variant->family, FASTOPEN,
-			     queue_add, false);
+	closed_before_queued(_metadata, self, family, FASTOPEN, queue_add,
+			     false, prog);
+}
+
+TEST_F(race, closed_during_ack)
+{
+	closed_before_queued(_metadata, self, variant->family, CONNECT,
+			     hashdance, false, NULL);
+}
+
+TEST_F(race, closed_during_ack_prog)
+{
+	closed_before_queued(_metadata, self, variant->family, CONNECT,
+			     hashdance, false, &final_ack_shown);
+}
+
+TEST_F(race, shutdown_before_cookie_queue)
+{
+	cookie_queue(_metadata, self, variant->family, NULL);
+}
+
+TEST_F(race, shutdown_before_cookie_queue_prog)
+{
+	cookie_queue(_metadata, self, variant->family, &cookie_shown);
+}
+
+TEST_F(race, closed_before_fastopen_queue)
+{
+	fastopen_queue(_metadata, self, variant->family, NULL);
+}
+
+TEST_F(race, closed_before_fastopen_queue_prog)
+{
+	fastopen_queue(_metadata, self, variant->family, &fastopen_shown);
 }
 
 /* A listener that was shut down listens again, and its listen() fails:

@@ -24,4 +24,11 @@ struct gate {
 	__u32 timed_out;
 };
 
+/* What migrate_to_l1 saw of the migrations it was run for. */
+struct migration {
+	__u32 count;
+	__u32 state;	/* of the last migrating_sk */
+	__u32 len;	/* of the last skb, 0 without one */
+};
+
 #endif /* __REUSEPORT_MIGRATE_RACE_H */
