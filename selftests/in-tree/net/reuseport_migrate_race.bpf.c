@@ -77,7 +77,7 @@ static int hold_if_armed(void *sk)
 
 	g->armed = 0;
 	g->held++;
-	g->holding = 1;
+	g->hold = GATE_HOLDING;
 	h.g = g;
 	h.deadline = bpf_ktime_get_ns() + MAX_HOLD_NS;
 	/* bpf_loop() runs at most 1 << 23 rounds: go round it again. */
@@ -87,9 +87,7 @@ static int hold_if_armed(void *sk)
 		    bpf_ktime_get_ns() > h.deadline)
 			break;
 	}
-	if (!g->release)
-		g->timed_out = 1;
-	g->holding = 0;
+	g->hold = g->release ? GATE_RELEASED : GATE_TIMED_OUT;
 	return 0;
 }
 

@@ -358,7 +358,8 @@ FIXTURE_TEARDOWN(race)
 
 		gate_set(self->gate->armed, 0);
 		gate_set(self->gate->release, 1);
-		while (gate_get(self->gate->holding) && now_ms() < end)
+		while (gate_get(self->gate->hold) == GATE_HOLDING &&
+		       now_ms() < end)
 			usleep(1000);
 	}
 	bpf_link__destroy(self->link);
@@ -420,9 +421,9 @@ static bool gate_holding(struct _test_data_race *self)
 {
 	long long end = now_ms() + EVENT_TIMEOUT_MS;
 
-	while (!gate_get(self->gate->holding) && now_ms() < end)
+	while (gate_get(self->gate->hold) != GATE_HOLDING && now_ms() < end)
 		usleep(1000);
-	return gate_get(self->gate->holding);
+	return gate_get(self->gate->hold) == GATE_HOLDING;
 }
 
 /* Lets the held path go; true if it was held once and released by us,
@@ -433,11 +434,10 @@ static bool gate_release(struct _test_data_race *self)
 	long long end = now_ms() + EVENT_TIMEOUT_MS;
 
 	gate_set(self->gate->release, 1);
-	while (gate_get(self->gate->holding) && now_ms() < end)
+	while (gate_get(self->gate->hold) == GATE_HOLDING && now_ms() < end)
 		usleep(1000);
-	return !gate_get(self->gate->holding) &&
-	       gate_get(self->gate->held) == 1 &&
-	       !gate_get(self->gate->timed_out);
+	return gate_get(self->gate->hold) == GATE_RELEASED &&
+	       gate_get(self->gate->held) == 1;
 }
 
 /* From /proc/net/tcp or tcp6, the rx_queue of the socket in @state on

@@ -10,6 +10,18 @@
 
 #include <linux/types.h>
 
+/* How a hold stands: one field, stored once at each step, so that the
+ * test learns how a hold ended from a single load. The program's stores
+ * are plain (bpf.mk builds for a BPF CPU without fetching atomics), and
+ * nothing orders two of them for a reader on another CPU.
+ */
+enum gate_hold {
+	GATE_IDLE,
+	GATE_HOLDING,
+	GATE_RELEASED,		/* by the test */
+	GATE_TIMED_OUT,		/* by the program's own limit */
+};
+
 struct gate {
 	/* Written by the test: hold the next path for a listener of @port
 	 * (the program clears @armed as it takes that path), then @release
@@ -18,10 +30,12 @@ struct gate {
 	__u32 armed;
 	__u32 port;
 	__u32 release;
-	/* Written by the program. */
-	__u32 holding;
+	/* Written by the program: an enum gate_hold, and how many paths it
+	 * held (one, unless two took the gate at once), stored long before
+	 * the test reads it.
+	 */
+	__u32 hold;
 	__u32 held;
-	__u32 timed_out;
 };
 
 /* What migrate_to_l1 saw of the migrations it was run for. */
