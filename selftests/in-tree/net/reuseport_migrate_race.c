@@ -23,13 +23,13 @@
  * connection both ways, not be reset or shut down.
  *
  * The *_prog twins of the last three attach a select-or-migrate program
- * (BPF_SK_REUSEPORT_SELECT_OR_MIGRATE) to the group, which chooses the
+ * (BPF_SK_REUSEPORT_SELECT_OR_MIGRATE) to the group, which selects the
  * other listener. It must be run once for the late migration and be
  * shown what a program is shown on that path: at the final ACK, the
  * request (TCP_NEW_SYN_RECV) and the ACK; for a syncookie child, the child
  * (TCP_SYN_RECV) and the ACK that made it; for a Fast Open child, the
- * child and no skb, as when close() hands one on. A program tells the
- * last two apart by the skb.
+ * child and no skb (md->len 0), as when close() hands one on. A program
+ * tells the last two apart by md->len.
  *
  * A held path spins on its CPU with interrupts off while the test runs
  * on another: it needs two CPUs. Every test runs in a network namespace
@@ -553,30 +553,35 @@ static int prog_attach(struct _test_data_race *self)
 			  sizeof(fd)) ? -errno : 0;
 }
 
-/* Makes the second listener the program's target. */
+/* Makes the second listener the one the program selects. */
 static int prog_target(struct _test_data_race *self)
 {
+	struct bpf_map *map;
 	__u64 fd = self->l1;
 	__u32 zero = 0;
 
-	return bpf_map_update_elem(bpf_object__find_map_fd_by_name(self->obj,
-								   "l1_map"),
-				   &zero, &fd, BPF_ANY);
+	map = bpf_object__find_map_by_name(self->obj, "l1_map");
+	if (!map)
+		return -ENOENT;
+	return bpf_map__update_elem(map, &zero, sizeof(zero), &fd, sizeof(fd),
+				    BPF_ANY);
 }
 
 static int prog_shown(struct _test_data_race *self, struct migration *m)
 {
+	struct bpf_map *map;
 	__u32 zero = 0;
 
-	return bpf_map_lookup_elem(bpf_object__find_map_fd_by_name(self->obj,
-								   "migration_map"),
-				   &zero, m);
+	map = bpf_object__find_map_by_name(self->obj, "migration_map");
+	if (!map)
+		return -ENOENT;
+	return bpf_map__lookup_elem(map, &zero, sizeof(zero), m, sizeof(*m), 0);
 }
 
 /* A child made by the held @what is about to be queued on the first
  * listener, at the gate on the first of @funcs that the kernel has; the
  * listener closes meanwhile, or with @shut is shut down. With @prog, a
- * migrate program chooses the other listener, and must have been shown
+ * migrate program selects the other listener, and must have been shown
  * the migration once, as @prog says.
  */
 static void closed_before_queued(struct __test_metadata *_metadata,
@@ -587,17 +592,22 @@ static void closed_before_queued(struct __test_metadata *_metadata,
 	struct step s = { .family = family, .port = self->port, .what = what };
 	struct migration m;
 	pthread_t t;
+	int ret;
 
-	if (prog)
-		ASSERT_EQ(prog_attach(self), 0);
+	if (prog) {
+		ret = prog_attach(self);
+		ASSERT_EQ(ret, 0) TH_LOG("attach: %s", strerror(-ret));
+	}
 	ASSERT_EQ(gate_attach(self, "listener_gate", funcs), 0);
 	ASSERT_EQ(pthread_create(&t, NULL, run_step, &s), 0);
 	ASSERT_TRUE(gate_holding(self)) TH_LOG("no handshake reached the gate");
 
 	self->l1 = listener(family, &self->port, what == FASTOPEN ? 16 : 0);
 	ASSERT_GE(self->l1, 0);
-	if (prog)
-		ASSERT_EQ(prog_target(self), 0);
+	if (prog) {
+		ret = prog_target(self);
+		ASSERT_EQ(ret, 0) TH_LOG("sockarray: %s", strerror(-ret));
+	}
 	if (shut) {
 		ASSERT_EQ(shutdown(self->l0, SHUT_RDWR), 0);
 	} else {
@@ -609,13 +619,14 @@ static void closed_before_queued(struct __test_metadata *_metadata,
 	ASSERT_EQ(pthread_join(t, NULL), 0);
 	self->client = s.fd;
 	ASSERT_EQ(s.err, 0) TH_LOG("client: %s", strerror(s.err));
+	if (prog) {
+		ASSERT_EQ(prog_shown(self, &m), 0);
+		ASSERT_EQ(m.count, 1) TH_LOG("the program ran %u times", m.count);
+		ASSERT_EQ(m.state, prog->state);
+		ASSERT_EQ(m.len > 0, prog->skb) TH_LOG("skb of %u bytes", m.len);
+		ASSERT_EQ(m.select_errors, 0);
+	}
 	exchange(_metadata, self, what == FASTOPEN);
-	if (!prog)
-		return;
-	ASSERT_EQ(prog_shown(self, &m), 0);
-	ASSERT_EQ(m.count, 1) TH_LOG("the program ran %u times", m.count);
-	ASSERT_EQ(m.state, prog->state);
-	ASSERT_EQ(m.len > 0, prog->skb) TH_LOG("skb of %u bytes", m.len);
 }
 
 static const char * const hashdance[] = {

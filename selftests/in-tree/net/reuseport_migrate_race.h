@@ -12,8 +12,8 @@
 
 /* How a hold stands: one field, stored once at each step, so that the
  * test learns how a hold ended from a single load. The program's stores
- * are plain (bpf.mk builds for a BPF CPU without fetching atomics), and
- * nothing orders two of them for a reader on another CPU.
+ * are plain, and bpf.mk sets no -mcpu: nothing orders two of them for a
+ * reader on another CPU.
  */
 enum gate_hold {
 	GATE_IDLE,
@@ -31,8 +31,10 @@ struct gate {
 	__u32 port;
 	__u32 release;
 	/* Written by the program: an enum gate_hold, and how many paths it
-	 * held (one, unless two took the gate at once), stored long before
-	 * the test reads it.
+	 * held (one, unless two took the gate at once). Nothing orders @held
+	 * before @hold: the test reads @held once the hold has ended, which
+	 * it learns from @hold a spin of milliseconds after @held was added
+	 * to.
 	 */
 	__u32 hold;
 	__u32 held;
@@ -41,8 +43,9 @@ struct gate {
 /* What migrate_to_l1 saw of the migrations it was run for. */
 struct migration {
 	__u32 count;
-	__u32 state;	/* of the last migrating_sk */
-	__u32 len;	/* of the last skb, 0 without one */
+	__u32 state;		/* of the last migrating_sk */
+	__u32 len;		/* md->len: 0 when there is no skb */
+	__u32 select_errors;	/* selections the kernel refused */
 };
 
 #endif /* __REUSEPORT_MIGRATE_RACE_H */
