@@ -140,16 +140,17 @@ static void loopback(int family, unsigned short port,
 	}
 }
 
-/* A listener with SO_REUSEPORT on @port of the loopback address (0: any
- * free port, then read back into @port); -1 on error.
+/* A @proto listener with SO_REUSEPORT on @port of the loopback address
+ * (0: any free port, then read back into @port); -1 on error, with errno.
  */
-static int listener(int family, unsigned short *port, int fastopen)
+static int listener_proto(int family, int proto, unsigned short *port,
+			  int fastopen)
 {
 	struct sockaddr_storage ss;
 	socklen_t len;
 	int fd, one = 1;
 
-	fd = socket(family, SOCK_STREAM, 0);
+	fd = socket(family, SOCK_STREAM, proto);
 	if (fd < 0)
 		return -1;
 	loopback(family, *port, &ss, &len);
@@ -163,6 +164,11 @@ static int listener(int family, unsigned short *port, int fastopen)
 	}
 	*port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
 	return fd;
+}
+
+static int listener(int family, unsigned short *port, int fastopen)
+{
+	return listener_proto(family, 0, port, fastopen);
 }
 
 /* fd ready for @events within @ms milliseconds */
@@ -716,12 +722,16 @@ TEST_F(race, closed_before_fastopen_queue_prog)
  * the listener made before its shutdown completes on it in between. The
  * child must not stay in the queue of a socket that no longer listens,
  * where its close() would never look: the failed listen() hands it on,
- * here to nobody, so the client is reset.
+ * here to nobody, so the client is reset. With @proto IPPROTO_MPTCP, the
+ * listener and the client are MPTCP sockets, and the child waits in the
+ * queue of the listener's subflow.
  */
-TEST_F(race, relisten_failed)
+static void relisten_failed(struct __test_metadata *_metadata,
+			    struct _test_data_race *self, int family,
+			    int proto)
 {
 	struct step relisten = { .what = LISTEN };
-	int defer = 30, one = 1;
+	int defer = 30, one = 1, rx;
 	struct sockaddr_storage ss;
 	unsigned short cport;
 	socklen_t len;
@@ -733,7 +743,10 @@ TEST_F(race, relisten_failed)
 	 * listens again on another one.
 	 */
 	close(self->l0);
-	self->l0 = listener(variant->family, &self->port, 0);
+	self->l0 = listener_proto(family, proto, &self->port, 0);
+	if (self->l0 < 0 && proto && (errno == EPROTONOSUPPORT ||
+				      errno == ENOPROTOOPT))
+		SKIP(return, "no MPTCP: %s", strerror(errno));
 	ASSERT_GE(self->l0, 0);
 	relisten.fd = self->l0;
 	/* Attached before the request is made, armed once the port is taken:
@@ -746,18 +759,18 @@ TEST_F(race, relisten_failed)
 			     sizeof(defer)), 0);
 	ASSERT_EQ(setsockopt(self->l0, SOL_SOCKET, SO_REUSEADDR, &one,
 			     sizeof(one)), 0);
-	self->client = socket(variant->family, SOCK_STREAM, 0);
+	self->client = socket(family, SOCK_STREAM, proto);
 	ASSERT_GE(self->client, 0);
-	loopback(variant->family, self->port, &ss, &len);
+	loopback(family, self->port, &ss, &len);
 	ASSERT_EQ(connect(self->client, (struct sockaddr *)&ss, len), 0);
 	ASSERT_EQ(getsockname(self->client, (struct sockaddr *)&ss, &len), 0);
 	cport = ntohs(((struct sockaddr_in *)&ss)->sin_port);
 	ASSERT_EQ(shutdown(self->l0, SHUT_RDWR), 0);
 
 	/* The port taken, by a socket without SO_REUSEPORT. */
-	self->l1 = socket(variant->family, SOCK_STREAM, 0);
+	self->l1 = socket(family, SOCK_STREAM, 0);
 	ASSERT_GE(self->l1, 0);
-	loopback(variant->family, self->port, &ss, &len);
+	loopback(family, self->port, &ss, &len);
 	ASSERT_EQ(setsockopt(self->l1, SOL_SOCKET, SO_REUSEADDR, &one,
 			     sizeof(one)), 0);
 	ASSERT_EQ(bind(self->l1, (struct sockaddr *)&ss, len), 0);
@@ -768,11 +781,13 @@ TEST_F(race, relisten_failed)
 	ASSERT_TRUE(gate_holding(self)) TH_LOG("listen() never reached the gate");
 
 	/* The data completes the request on the listener, held in listen(),
-	 * and waits unread in the child.
+	 * and waits unread in the child; MPTCP moves it on to the child's
+	 * MPTCP socket, which leaves the subflow with none.
 	 */
 	ASSERT_EQ(send(self->client, "ping", 4, MSG_NOSIGNAL), 4);
-	ASSERT_TRUE(proc_tcp_reaches(variant->family, self->port, cport,
-				     ST_ESTABLISHED, 4))
+	rx = proto ? 0 : 4;
+	ASSERT_TRUE(proc_tcp_reaches(family, self->port, cport,
+				     ST_ESTABLISHED, rx))
 		TH_LOG("no child made from the listening-again listener");
 
 	ASSERT_TRUE(gate_release(self));
@@ -785,8 +800,18 @@ TEST_F(race, relisten_failed)
 		TH_LOG("the client is neither served nor reset");
 	ASSERT_EQ(recv(self->client, buf, sizeof(buf), MSG_DONTWAIT), -1);
 	ASSERT_EQ(errno, ECONNRESET);
-	ASSERT_EQ(proc_tcp(variant->family, self->port, cport, ST_ESTABLISHED), -1)
+	ASSERT_EQ(proc_tcp(family, self->port, cport, ST_ESTABLISHED), -1)
 		TH_LOG("the child is left behind");
+}
+
+TEST_F(race, relisten_failed)
+{
+	relisten_failed(_metadata, self, variant->family, 0);
+}
+
+TEST_F(race, relisten_failed_mptcp)
+{
+	relisten_failed(_metadata, self, variant->family, IPPROTO_MPTCP);
 }
 
 TEST_HARNESS_MAIN
