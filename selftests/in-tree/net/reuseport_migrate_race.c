@@ -722,13 +722,14 @@ TEST_F(race, closed_before_fastopen_queue_prog)
  * the listener made before its shutdown completes on it in between. The
  * child must not stay in the queue of a socket that no longer listens,
  * where its close() would never look: the failed listen() hands it on,
- * here to nobody, so the client is reset. With @proto IPPROTO_MPTCP, the
- * listener and the client are MPTCP sockets, and the child waits in the
- * queue of the listener's subflow.
+ * here to nobody, so the client is reset. With @lproto IPPROTO_MPTCP the
+ * listener is an MPTCP socket, and the child waits in the queue of its
+ * subflow: an MPTCP child with an MPTCP client (@cproto), else a plain
+ * TCP one, which MPTCP's cleanup leaves to TCP's.
  */
 static void relisten_failed(struct __test_metadata *_metadata,
 			    struct _test_data_race *self, int family,
-			    int proto)
+			    int lproto, int cproto)
 {
 	struct step relisten = { .what = LISTEN };
 	int defer = 30, one = 1, rx;
@@ -743,9 +744,9 @@ static void relisten_failed(struct __test_metadata *_metadata,
 	 * listens again on another one.
 	 */
 	close(self->l0);
-	self->l0 = listener_proto(family, proto, &self->port, 0);
-	if (self->l0 < 0 && proto && (errno == EPROTONOSUPPORT ||
-				      errno == ENOPROTOOPT))
+	self->l0 = listener_proto(family, lproto, &self->port, 0);
+	if (self->l0 < 0 && lproto && (errno == EPROTONOSUPPORT ||
+				       errno == ENOPROTOOPT))
 		SKIP(return, "no MPTCP: %s", strerror(errno));
 	ASSERT_GE(self->l0, 0);
 	relisten.fd = self->l0;
@@ -759,7 +760,7 @@ static void relisten_failed(struct __test_metadata *_metadata,
 			     sizeof(defer)), 0);
 	ASSERT_EQ(setsockopt(self->l0, SOL_SOCKET, SO_REUSEADDR, &one,
 			     sizeof(one)), 0);
-	self->client = socket(family, SOCK_STREAM, proto);
+	self->client = socket(family, SOCK_STREAM, cproto);
 	ASSERT_GE(self->client, 0);
 	loopback(family, self->port, &ss, &len);
 	ASSERT_EQ(connect(self->client, (struct sockaddr *)&ss, len), 0);
@@ -785,7 +786,7 @@ static void relisten_failed(struct __test_metadata *_metadata,
 	 * MPTCP socket, which leaves the subflow with none.
 	 */
 	ASSERT_EQ(send(self->client, "ping", 4, MSG_NOSIGNAL), 4);
-	rx = proto ? 0 : 4;
+	rx = cproto ? 0 : 4;
 	ASSERT_TRUE(proc_tcp_reaches(family, self->port, cport,
 				     ST_ESTABLISHED, rx))
 		TH_LOG("no child made from the listening-again listener");
@@ -806,12 +807,18 @@ static void relisten_failed(struct __test_metadata *_metadata,
 
 TEST_F(race, relisten_failed)
 {
-	relisten_failed(_metadata, self, variant->family, 0);
+	relisten_failed(_metadata, self, variant->family, 0, 0);
 }
 
 TEST_F(race, relisten_failed_mptcp)
 {
-	relisten_failed(_metadata, self, variant->family, IPPROTO_MPTCP);
+	relisten_failed(_metadata, self, variant->family, IPPROTO_MPTCP,
+			IPPROTO_MPTCP);
+}
+
+TEST_F(race, relisten_failed_mptcp_fallback)
+{
+	relisten_failed(_metadata, self, variant->family, IPPROTO_MPTCP, 0);
 }
 
 TEST_HARNESS_MAIN
