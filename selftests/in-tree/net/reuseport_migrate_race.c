@@ -89,6 +89,19 @@ static long long now_ms(void)
 	return ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
 }
 
+/* Waits until a path is held at the gate (@holding) or is not; true if
+ * so within the timeout.
+ */
+static bool gate_wait(struct gate *g, bool holding)
+{
+	long long end = now_ms() + EVENT_TIMEOUT_MS;
+
+	while ((gate_get(g->hold) == GATE_HOLDING) != holding &&
+	       now_ms() < end)
+		usleep(1000);
+	return (gate_get(g->hold) == GATE_HOLDING) == holding;
+}
+
 static int sysctl_write(const char *path, const char *val)
 {
 	ssize_t ret;
@@ -360,13 +373,9 @@ FIXTURE_TEARDOWN(race)
 	 * kprobe's removal would wait for the held CPU.
 	 */
 	if (self->link) {
-		long long end = now_ms() + EVENT_TIMEOUT_MS;
-
 		gate_set(self->gate->armed, 0);
 		gate_set(self->gate->release, 1);
-		while (gate_get(self->gate->hold) == GATE_HOLDING &&
-		       now_ms() < end)
-			usleep(1000);
+		gate_wait(self->gate, false);
 	}
 	bpf_link__destroy(self->link);
 	if (self->gate)
@@ -423,25 +432,13 @@ static int gate_attach(struct _test_data_race *self, const char *name,
 	return err;
 }
 
-static bool gate_holding(struct _test_data_race *self)
-{
-	long long end = now_ms() + EVENT_TIMEOUT_MS;
-
-	while (gate_get(self->gate->hold) != GATE_HOLDING && now_ms() < end)
-		usleep(1000);
-	return gate_get(self->gate->hold) == GATE_HOLDING;
-}
-
 /* Lets the held path go; true if it was held once and released by us,
  * not by the gate's own limit.
  */
 static bool gate_release(struct _test_data_race *self)
 {
-	long long end = now_ms() + EVENT_TIMEOUT_MS;
-
 	gate_set(self->gate->release, 1);
-	while (gate_get(self->gate->hold) == GATE_HOLDING && now_ms() < end)
-		usleep(1000);
+	gate_wait(self->gate, false);
 	return gate_get(self->gate->hold) == GATE_RELEASED &&
 	       gate_get(self->gate->held) == 1;
 }
@@ -514,7 +511,8 @@ TEST_F(race, closing_listener)
 	ASSERT_EQ(gate_attach(self, "close_gate", NULL), 0);
 	self->l0 = -1;
 	ASSERT_EQ(pthread_create(&t, NULL, run_step, &close_l0), 0);
-	ASSERT_TRUE(gate_holding(self)) TH_LOG("close() never reached the gate");
+	ASSERT_TRUE(gate_wait(self->gate, true))
+		TH_LOG("close() never reached the gate");
 
 	/* The listener still listens: the handshake completes on it. */
 	self->client = socket(variant->family, SOCK_STREAM, 0);
@@ -606,7 +604,8 @@ static void closed_before_queued(struct __test_metadata *_metadata,
 	}
 	ASSERT_EQ(gate_attach(self, "listener_gate", funcs), 0);
 	ASSERT_EQ(pthread_create(&t, NULL, run_step, &s), 0);
-	ASSERT_TRUE(gate_holding(self)) TH_LOG("no handshake reached the gate");
+	ASSERT_TRUE(gate_wait(self->gate, true))
+		TH_LOG("no handshake reached the gate");
 
 	self->l1 = listener(family, &self->port, what == FASTOPEN ? 16 : 0);
 	ASSERT_GE(self->l1, 0);
@@ -779,7 +778,8 @@ static void relisten_failed(struct __test_metadata *_metadata,
 
 	gate_arm(self);
 	ASSERT_EQ(pthread_create(&t, NULL, run_step, &relisten), 0);
-	ASSERT_TRUE(gate_holding(self)) TH_LOG("listen() never reached the gate");
+	ASSERT_TRUE(gate_wait(self->gate, true))
+		TH_LOG("listen() never reached the gate");
 
 	/* The data completes the request on the listener, held in listen(),
 	 * and waits unread in the child; MPTCP moves it on to the child's
